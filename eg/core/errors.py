@@ -121,3 +121,12 @@ class ConfigError(EgError):
     """The configuration is invalid; the message names file, key, line and expectation."""
 
     kind = "config"
+
+
+class NoRoute(EgError):
+    """No route matches the request's host and path."""
+
+    side = Side.DOWNSTREAM
+    status_hint = 404
+    reset_code = ResetCode.REFUSED_STREAM
+    kind = "no_route"

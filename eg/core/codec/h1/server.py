@@ -259,10 +259,8 @@ class H1ServerCodec:
         if host is not None and host.translate(None, self._host_chars):
             raise ProtocolError("invalid Host", side=_DOWN, kind="host")
 
-        if target[0] == 0x2F:  # origin-form "/..."
-            path = target
-            authority = host or b""
-        elif target == b"*" and method == b"OPTIONS":
+        if target[0] == 0x2F or (target == b"*" and method == b"OPTIONS"):
+            # origin-form "/..." or asterisk-form
             path = target
             authority = host or b""
         elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":

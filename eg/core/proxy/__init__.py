@@ -1,0 +1,1 @@
+"""Proxy state machines: the exchange, routing, balancing. Pure, per worker."""

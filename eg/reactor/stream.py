@@ -1,0 +1,267 @@
+"""Non-blocking TCP transport: recv, scatter-gather sendmsg, interest mask, watermarks.
+
+The send buffer is bounded: above ``high`` the owner is told (``on_write_high``) so it
+can pause the other side of the exchange, below ``high // 2`` it is told again
+(``on_write_low``); past ``limit`` the connection is aborted rather than buffering
+without bound. Closing can be graceful (flush, then close) or an abort (RST via
+SO_LINGER 0), which a peer can never mistake for a clean end of a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+from collections import deque
+from typing import Protocol
+
+from eg.reactor.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop
+
+#: Bytes asked of recv() at once.
+RECV_SIZE = 256 * 1024
+#: sendmsg() takes at most IOV_MAX (1024 on Linux) buffers per call.
+IOV_MAX = 1024
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+
+
+class StreamProtocol(Protocol):
+    """What a transport reports to its owner."""
+
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> None: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+    def on_write_high(self) -> None: ...
+    def on_write_low(self) -> None: ...
+    def on_crash(self, exc: BaseException) -> None: ...
+
+
+class Transport:
+    """One connected, non-blocking stream socket registered with a worker's loop.
+
+    Args:
+        high: send-buffer high watermark (low is half of it).
+        limit: send-buffer hard cap; exceeding it aborts the connection.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_high",
+        "_limit",
+        "_mask",
+        "_pending",
+        "_reading",
+        "_registered",
+        "buffered",
+        "closed",
+        "connecting",
+        "fd",
+        "loop",
+        "over_high",
+        "protocol",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: StreamProtocol,
+        *,
+        high: int,
+        limit: int,
+        connecting: bool = False,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.protocol = protocol
+        self._high = high
+        self._limit = limit
+        self._pending: deque[memoryview] = deque()
+        self.buffered = 0
+        self.over_high = False
+        self._reading = True
+        self._closing = False
+        self.closed = False
+        self.connecting = connecting
+        self._mask = EPOLLOUT if connecting else EPOLLIN | EPOLLRDHUP
+        self._registered = True
+        loop.register(self.fd, self._mask, self)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def on_events(self, mask: int) -> None:
+        if self.connecting:
+            self._finish_connect()
+            return
+        if mask & EPOLLOUT:
+            self._flush()
+        if mask & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) and not self.closed:
+            if not self._reading and not mask & (EPOLLHUP | EPOLLERR):
+                return
+            self._read()
+
+    def on_crash(self, exc: BaseException) -> None:
+        self.protocol.on_crash(exc)
+
+    def _finish_connect(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.connecting = False
+        if err:
+            self._teardown(ConnectionRefusedError(err, errno.errorcode.get(err, str(err))))
+            return
+        self._update_mask()
+        connected = getattr(self.protocol, "connection_made", None)
+        if connected is not None:
+            connected()
+        if self._pending and not self.closed:
+            self._flush()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except OSError as exc:
+            if exc.errno in _RETRY:
+                return
+            self._teardown(exc)
+            return
+        if data:
+            self.protocol.data_received(data)
+        else:
+            self._reading = False
+            self._update_mask()
+            self.protocol.eof_received()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write(self, chunks: list[bytes | memoryview]) -> None:
+        """Send now as much as the socket takes; buffer the rest (bounded)."""
+        if self.closed or not chunks:
+            return
+        if self._pending or self.connecting:
+            for chunk in chunks:
+                if len(chunk):
+                    self._pending.append(memoryview(chunk))
+                    self.buffered += len(chunk)
+            self._after_buffering()
+            return
+        total = 0
+        for chunk in chunks:
+            total += len(chunk)
+        if not total:
+            return
+        try:
+            sent = (
+                self.sock.sendmsg(chunks)
+                if len(chunks) <= IOV_MAX
+                else self.sock.sendmsg(chunks[:IOV_MAX])
+            )
+        except OSError as exc:
+            if exc.errno not in _RETRY:
+                self._teardown(exc)
+                return
+            sent = 0
+        if sent == total:
+            return
+        for chunk in chunks:
+            n = len(chunk)
+            if sent >= n:
+                sent -= n
+                continue
+            view = memoryview(chunk)
+            if sent:
+                view = view[sent:]
+                sent = 0
+            self._pending.append(view)
+            self.buffered += len(view)
+        self._after_buffering()
+
+    def _after_buffering(self) -> None:
+        if self.buffered > self._limit:
+            self.abort()
+            return
+        if not self.over_high and self.buffered > self._high:
+            self.over_high = True
+            self.protocol.on_write_high()
+        self._update_mask()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        while pending:
+            batch = (
+                list(pending) if len(pending) <= IOV_MAX else [pending[i] for i in range(IOV_MAX)]
+            )
+            try:
+                sent = self.sock.sendmsg(batch)
+            except OSError as exc:
+                if exc.errno in _RETRY:
+                    break
+                self._teardown(exc)
+                return
+            self.buffered -= sent
+            while sent:
+                head = pending[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    pending.popleft()
+                else:
+                    pending[0] = head[sent:]
+                    sent = 0
+            if self.buffered:
+                break  # the socket took less than offered: wait for EPOLLOUT
+        if self.over_high and self.buffered <= self._high // 2:
+            self.over_high = False
+            self.protocol.on_write_low()
+        if not pending and self._closing:
+            self._teardown(None)
+            return
+        self._update_mask()
+
+    # -- interest and closing ---------------------------------------------------------------
+
+    def set_reading(self, reading: bool) -> None:
+        if reading != self._reading and not self.closed:
+            self._reading = reading
+            self._update_mask()
+
+    def _update_mask(self) -> None:
+        if self.closed or self.connecting:
+            return
+        mask = EPOLLIN | EPOLLRDHUP if self._reading else 0
+        if self._pending:
+            mask |= EPOLLOUT
+        if mask != self._mask:
+            self._mask = mask
+            self.loop.modify(self.fd, mask)
+
+    def close(self) -> None:
+        """Close once everything buffered has been written."""
+        if self.closed:
+            return
+        if self._pending and not self.connecting:
+            self._closing = True
+            self._reading = False
+            self._update_mask()
+            return
+        self._teardown(None)
+
+    def abort(self) -> None:
+        """Close at once with a TCP RST: the peer sees an error, never a clean end."""
+        if self.closed:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+        self._pending.clear()
+        self.buffered = 0
+        self._teardown(None)
+
+    def _teardown(self, exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.unregister(self.fd)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.protocol.connection_lost(exc)

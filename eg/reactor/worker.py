@@ -1,0 +1,211 @@
+"""One worker thread per core: its own loop, listeners, routes, pools and metric shard.
+
+A worker builds all of its runtime tables from the frozen ``Config`` snapshot itself,
+so nothing mutable or hot is shared with other workers (on free-threaded CPython even
+read-only sharing contends on reference counts). It talks to the rest of the process
+only through its ``Mailbox``.
+
+The per-connection guard lives here: the only ``except Exception`` that handles
+connection errors. It counts and logs the error and closes that one connection; the
+worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from eg.core.codec.h1._parse import H1Context
+from eg.core.config import Config
+from eg.core.metrics import Shard
+from eg.core.proxy.balance import ClusterState
+from eg.core.proxy.exchange import ExchangeContext
+from eg.core.proxy.route import RouteTable
+from eg.log import AccessLog
+from eg.reactor.listener import Listener
+from eg.reactor.loop import EPOLLIN, Guarded, Loop
+from eg.reactor.mailbox import Drain, Mailbox, Reload, Stop
+from eg.reactor.pool import Pool
+
+log = logging.getLogger("eg.worker")
+
+
+@dataclass(slots=True)
+class ListenerRuntime:
+    """Per-worker state of one listener."""
+
+    name: str
+    scheme: bytes
+    ctx: ExchangeContext
+    open: int = 0
+
+
+@dataclass(slots=True)
+class WorkerRuntime:
+    """Everything one worker owns; built in the worker thread from a config snapshot."""
+
+    index: int
+    config: Config
+    loop: Loop
+    shard: Shard
+    access_log: AccessLog
+    h1: H1Context
+    routes: RouteTable
+    clusters: dict[str, ClusterState]
+    pool: Pool = field(default_factory=Pool)
+    connections: set[object] = field(default_factory=set)
+    draining: bool = False
+
+    def apply(self, config: Config) -> None:
+        """Adopt a reloaded snapshot: routes, clusters, limits and timeouts."""
+        self.config = config
+        self.routes = RouteTable(config.routes)
+        self.clusters = _clusters(config, self.index)
+        self.h1 = _h1_context(config)
+
+
+def _clusters(config: Config, index: int) -> dict[str, ClusterState]:
+    return {c.name: ClusterState(c, offset=index) for c in config.clusters}
+
+
+def _h1_context(config: Config) -> H1Context:
+    return H1Context(max_head_size=config.limits.max_head_size,
+                     max_headers=config.limits.max_headers)
+
+
+def exchange_context(config: Config, scheme: bytes) -> ExchangeContext:
+    proxy = config.proxy
+    return ExchangeContext(limits=config.limits, proxy=proxy, via=proxy.via.encode(),
+                           server_header=proxy.server_header.encode(), scheme=scheme)
+
+
+class _MailboxHandler:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_events(self, mask: int) -> None:
+        self.worker.handle_mail()
+
+    def on_crash(self, exc: BaseException) -> None:
+        """Mail handling never fails for one connection's sake."""
+
+
+class Worker(threading.Thread):
+    """A reactor thread. ``sockets`` maps listener name → this worker's bound socket."""
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        cpu: int | None,
+        config: Config,
+        shard: Shard,
+        sockets: dict[str, socket.socket],
+    ) -> None:
+        super().__init__(name=f"eg-worker-{index}", daemon=True)
+        self.index = index
+        self.cpu = cpu
+        self.config = config
+        self.shard = shard
+        self.sockets = sockets
+        self.mailbox = Mailbox()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.aborted_on_stop = 0
+        self._listeners: list[Listener] = []
+        self._rt: WorkerRuntime | None = None
+        self._stopping = False
+
+    # -- thread body --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            rt = self._build()
+        except BaseException as exc:  # start-up failure is reported to the main thread
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        loop = rt.loop
+        try:
+            while loop.running:
+                loop.run_once()
+                if rt.draining and not rt.connections:
+                    break
+        finally:
+            self._shutdown(rt)
+
+    def _build(self) -> WorkerRuntime:
+        if self.cpu is not None and self.config.runtime.pin:
+            os.sched_setaffinity(0, {self.cpu})
+        config = self.config
+        loop = Loop(self._guard)
+        obs = config.observability
+        access = AccessLog(obs.log_format, enabled=obs.access_log)
+        rt = WorkerRuntime(
+            index=self.index, config=config, loop=loop, shard=self.shard, access_log=access,
+            h1=_h1_context(config), routes=RouteTable(config.routes),
+            clusters=_clusters(config, self.index),
+        )
+        loop.after.append(access.flush)
+        for lc in config.listeners:
+            lrt = ListenerRuntime(name=lc.name, scheme=b"http",
+                                  ctx=exchange_context(config, b"http"))
+            self._listeners.append(Listener(rt, lrt, self.sockets[lc.name]))
+        loop.register(self.mailbox.fd, EPOLLIN, _MailboxHandler(self))
+        self._rt = rt
+        return rt
+
+    def _guard(self, handler: Guarded, exc: BaseException) -> None:
+        """The per-connection guard: count, log, close that connection only."""
+        self.shard.unhandled_exception(type(handler).__name__)
+        log.error("unhandled error, connection closed", exc_info=exc,
+                  extra={"worker": self.index, "handler": type(handler).__name__})
+        try:
+            handler.on_crash(exc)
+        except Exception:  # a second failure while closing: give up on this one
+            log.exception("error while closing a failed connection")
+
+    # -- control --------------------------------------------------------------------------------
+
+    def handle_mail(self) -> None:
+        rt = self._rt
+        assert rt is not None
+        for msg in self.mailbox.take():
+            if isinstance(msg, Drain):
+                self._drain(rt)
+            elif isinstance(msg, Stop):
+                rt.loop.running = False
+            elif isinstance(msg, Reload):
+                rt.apply(msg.config)
+                for listener in self._listeners:
+                    listener.lrt.ctx = exchange_context(msg.config, listener.lrt.scheme)
+
+    def _drain(self, rt: WorkerRuntime) -> None:
+        rt.draining = True
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+        rt.pool.close_all()
+        for conn in list(rt.connections):
+            conn.drain()  # type: ignore[attr-defined]
+
+    def _shutdown(self, rt: WorkerRuntime) -> None:
+        for listener in self._listeners:
+            listener.close()
+        aborted = 0
+        for conn in list(rt.connections):
+            if getattr(conn, "exchange", None) is not None:
+                aborted += 1
+            conn.on_crash(RuntimeError("shutdown"))  # type: ignore[attr-defined]
+        self.aborted_on_stop = aborted
+        rt.pool.close_all()
+        rt.access_log.flush()
+        rt.loop.close()
+        self.mailbox.close()
+
+    def post(self, msg: Drain | Stop | Reload) -> None:
+        self.mailbox.post(msg)
