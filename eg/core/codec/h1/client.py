@@ -225,12 +225,12 @@ class H1ClientCodec:
         length: int | None = None
         chunked = False
         close = version == b"HTTP/1.0 "
-        headers: HeaderList = []
         hop = ctx.hop_by_hop
-        for name, value in fields:
-            if name not in hop:
-                headers.append((name, value))
-            elif name == b"content-length":
+        # Two comprehensions beat one loop with appends: most fields are end-to-end.
+        headers: HeaderList = [f for f in fields if f[0] not in hop]
+        special = [f for f in fields if f[0] in hop] if len(headers) != len(fields) else []
+        for name, value in special:
+            if name == b"content-length":
                 length = parse_content_length(value, length, _UP)
             elif name == b"transfer-encoding":
                 if chunked or value.lower() != b"chunked":
