@@ -1,0 +1,80 @@
+"""SIGHUP reload and SIGTERM drain against a live gateway and real origins."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+from tests.helpers import OriginProcess, http_get
+from tests.integration.conftest import (
+    Gateway,
+    check_stopped_cleanly,
+    gateway_config,
+    launch,
+    to_toml,
+)
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _readyz(gw: Gateway) -> int:
+    try:
+        return gw.admin("/readyz")[0]
+    except OSError:
+        return -1
+
+
+def test_sighup_swaps_endpoints_and_rejects_bad_files(tmp_path: Path) -> None:
+    with OriginProcess([0, 0], ["a", "b"]) as origin:
+        a, b = origin.ports
+        gw = launch(tmp_path, gateway_config([a]))
+        try:
+            assert {http_get(gw.port, "/").header("x-origin") for _ in range(4)} == {"a"}
+
+            gw.config_path.write_text(to_toml(gateway_config([b])))
+            gw.proc.send_signal(signal.SIGHUP)
+            assert _wait_for(lambda: any(r.get("msg") == "config reloaded"
+                                         for r in gw.records()))
+            # Every worker applies the new snapshot from its mailbox.
+            assert _wait_for(lambda: {http_get(gw.port, "/").header("x-origin")
+                                      for _ in range(6)} == {"b"})
+
+            gw.config_path.write_text("this is = not [valid toml")
+            gw.proc.send_signal(signal.SIGHUP)
+            assert _wait_for(lambda: any("reload rejected" in str(r.get("msg"))
+                                         for r in gw.records()))
+            assert http_get(gw.port, "/").header("x-origin") == "b"
+            assert gw.proc.poll() is None
+        finally:
+            gw.stop()
+
+
+def test_sigterm_drains_in_flight_exchange_then_exits_zero(tmp_path: Path) -> None:
+    with OriginProcess([0], ["a"]) as origin:
+        gw = launch(tmp_path, gateway_config([origin.port], timeouts={"drain": 5.0}))
+        result: dict[str, object] = {}
+
+        def slow_request() -> None:
+            reply = http_get(gw.port, "/slow?delay=1.5&size=1000", timeout=10.0)
+            result["status"] = reply.status
+            result["body"] = len(reply.body)
+            result["connection"] = reply.header("connection")
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        time.sleep(0.5)  # the request is now waiting on the origin
+        gw.proc.send_signal(signal.SIGTERM)
+        assert _wait_for(lambda: _readyz(gw) == 503, timeout=5.0)
+        thread.join(10)
+        assert result == {"status": 200, "body": 1000, "connection": "close"}
+        assert gw.proc.wait(10) == 0
+        check_stopped_cleanly(gw)
