@@ -144,7 +144,6 @@ class DownstreamConnection:
         self._attempts = 0
         self._since = now
         if ex.finished:
-            rt.shard.limit_hit("body_size")
             return
         cluster_name = rt.routes.match(head.authority, head.path)
         if cluster_name is None:
@@ -276,6 +275,8 @@ class DownstreamConnection:
         if up is not None:
             upstream_name = up.endpoint.key
             up.release()
+        if ex.limit_kind:
+            rt.shard.limit_hit(ex.limit_kind)
         head = ex.head
         duration = now - ex.started
         rt.shard.request_done(self.lrt.name, "h1", ex.status, duration, ex.bytes_in,
@@ -502,7 +503,6 @@ class UpstreamConnection:
         if owner is None or self.transport.closed:
             return
         if self.transport.connecting:
-            self.rt.shard.backend_error(self.cluster.name, "timeout_connect")
             err: EgError = Timeout(f"connect to {self.endpoint.key} timed out", phase="connect",
                                    side=_UP, status_hint=504)
         elif now - self._last >= t.response:

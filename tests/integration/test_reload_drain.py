@@ -42,16 +42,17 @@ def test_sighup_swaps_endpoints_and_rejects_bad_files(tmp_path: Path) -> None:
 
             gw.config_path.write_text(to_toml(gateway_config([b])))
             gw.proc.send_signal(signal.SIGHUP)
-            assert _wait_for(lambda: any(r.get("msg") == "config reloaded"
-                                         for r in gw.records()))
+            assert _wait_for(lambda: any(r.get("msg") == "config reloaded" for r in gw.records()))
             # Every worker applies the new snapshot from its mailbox.
-            assert _wait_for(lambda: {http_get(gw.port, "/").header("x-origin")
-                                      for _ in range(6)} == {"b"})
+            assert _wait_for(
+                lambda: {http_get(gw.port, "/").header("x-origin") for _ in range(6)} == {"b"}
+            )
 
             gw.config_path.write_text("this is = not [valid toml")
             gw.proc.send_signal(signal.SIGHUP)
-            assert _wait_for(lambda: any("reload rejected" in str(r.get("msg"))
-                                         for r in gw.records()))
+            assert _wait_for(
+                lambda: any("reload rejected" in str(r.get("msg")) for r in gw.records())
+            )
             assert http_get(gw.port, "/").header("x-origin") == "b"
             assert gw.proc.poll() is None
         finally:

@@ -74,6 +74,7 @@ class Exchange:
         "ctx",
         "downstream",
         "head",
+        "limit_kind",
         "phase",
         "request_done",
         "response_done",
@@ -114,6 +115,8 @@ class Exchange:
         self._paused_down_queue = False
         self._paused_down_up = False
         self._paused_up = False
+        #: The body cap this exchange enforced itself, if any (for the limit metric).
+        self.limit_kind = ""
         limit = ctx.limits.max_request_body
         if head.content_length is not None and head.content_length > limit:
             # Declared too large: answer before forwarding anything (no 100-continue).
@@ -130,13 +133,19 @@ class Exchange:
         if proxy.x_forwarded_for or proxy.x_forwarded_proto or self.ctx.via:
             headers = list(headers)
             if proxy.x_forwarded_for:
-                for i, (name, value) in enumerate(headers):
+                # Extend the last field line, so the client stays the rightmost entry of
+                # the combined list however many lines the client sent.
+                for i in range(len(headers) - 1, -1, -1):
+                    name, value = headers[i]
                     if name == b"x-forwarded-for":
                         headers[i] = (name, value + b", " + client)
                         break
                 else:
                     headers.append((b"x-forwarded-for", client))
             if proxy.x_forwarded_proto:
+                # Ours replaces any the client sent: it is not a list, and the client's is
+                # unverified.
+                headers = [h for h in headers if h[0] != b"x-forwarded-proto"]
                 headers.append((b"x-forwarded-proto", head.scheme))
             if self.ctx.via:
                 headers.append((b"via", self.ctx.via))
@@ -262,6 +271,8 @@ class Exchange:
         """Answer ``err`` downstream: an error response if none started, else a reset."""
         if self.finished:
             return
+        if isinstance(err, LimitExceeded) and err.kind in ("body_size", "response_body_size"):
+            self.limit_kind = err.kind
         self.phase = FAILED
         self._abort_upstream()
         if self.response_started:

@@ -180,8 +180,11 @@ class H1ClientCodec:
                     # Bytes nobody asked for: this connection is out of sync.
                     self._keep_alive = False
                     data = b""
-        except EgError:
+        except EgError as exc:
             self._broken = True
+            # The shared parser leaves downstream hints (400, 431) on its errors; a bad
+            # upstream response is answered with 502 Bad Gateway.
+            exc.status_hint = 502
             raise
         return msgs
 
