@@ -1,0 +1,1 @@
+"""Codec tests: per-adapter edge cases, differential tests against the reference libraries."""
