@@ -171,6 +171,8 @@ def _drain(config: Config, workers: list[Worker], state: AdminState,
             w.post(Stop())
     for w in workers:
         w.join(5.0)
+        if not w.is_alive():
+            w.mailbox.close()
     aborted = sum(w.aborted_on_stop for w in workers)
     log.info("stopped", extra={"aborted_exchanges": aborted})
     if admin is not None:

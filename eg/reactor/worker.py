@@ -205,7 +205,8 @@ class Worker(threading.Thread):
         rt.pool.close_all()
         rt.access_log.flush()
         rt.loop.close()
-        self.mailbox.close()
+        # The mailbox stays open: the main thread may still post to a worker that is
+        # exiting; it closes every mailbox after joining the workers.
 
     def post(self, msg: Drain | Stop | Reload) -> None:
         self.mailbox.post(msg)
