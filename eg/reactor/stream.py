@@ -147,9 +147,7 @@ class Transport:
                     self.buffered += len(chunk)
             self._after_buffering()
             return
-        total = 0
-        for chunk in chunks:
-            total += len(chunk)
+        total = sum(map(len, chunks))
         if not total:
             return
         try:

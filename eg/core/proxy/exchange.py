@@ -84,7 +84,7 @@ class Exchange:
         "status",
         "up_sid",
         "upstream",
-        "upstream_head",
+        "upstream_headers",
     )
 
     def __init__(
@@ -122,12 +122,13 @@ class Exchange:
             # Declared too large: answer before forwarding anything (no 100-continue).
             self.fail(LimitExceeded("request body too large", side=Side.DOWNSTREAM,
                                     status_hint=413, kind="body_size"))
-            self.upstream_head = head
+            self.upstream_headers = head.headers
             return
-        self.upstream_head = self._rewrite(head, client)
+        self.upstream_headers = self._rewrite(head, client)
         self.phase = CONNECTING
 
-    def _rewrite(self, head: RequestHead, client: bytes) -> RequestHead:
+    def _rewrite(self, head: RequestHead, client: bytes) -> HeaderList:
+        """The request's header fields as the upstream sees them (forwarding headers)."""
         proxy = self.ctx.proxy
         headers: HeaderList = head.headers
         if proxy.x_forwarded_for or proxy.x_forwarded_proto or self.ctx.via:
@@ -149,12 +150,7 @@ class Exchange:
                 headers.append((b"x-forwarded-proto", head.scheme))
             if self.ctx.via:
                 headers.append((b"via", self.ctx.via))
-        return RequestHead(
-            stream_id=head.stream_id, method=head.method, scheme=head.scheme,
-            authority=head.authority, path=head.path, headers=headers,
-            end_stream=head.end_stream, content_length=head.content_length,
-            expect_continue=False, http_minor=head.http_minor,
-        )
+        return headers
 
     @property
     def finished(self) -> bool:
@@ -199,7 +195,13 @@ class Exchange:
         self.upstream = upstream
         self.up_sid = sid = upstream.open_stream()
         self.phase = FORWARDING
-        upstream.send(_restream(self.upstream_head, sid))
+        head = self.head
+        # Built here, once, with the upstream's stream id.
+        upstream.send(RequestHead(
+            stream_id=sid, method=head.method, scheme=head.scheme, authority=head.authority,
+            path=head.path, headers=self.upstream_headers, end_stream=head.end_stream,
+            content_length=head.content_length, http_minor=head.http_minor,
+        ))
         for msg in self._pending:
             upstream.send(_restream(msg, sid))
         self._pending = []
@@ -224,7 +226,7 @@ class Exchange:
                 self.fail(LimitExceeded("response body too large", side=Side.UPSTREAM,
                                         status_hint=502, kind="response_body_size"))
                 return
-            down.send(Body(stream_id=self.sid, data=msg.data, end_stream=msg.end_stream))
+            down.send(_restream(msg, self.sid))
             if msg.end_stream:
                 self._response_end()
         elif isinstance(msg, ResponseHead):
@@ -243,7 +245,7 @@ class Exchange:
             if msg.end_stream:
                 self._response_end()
         elif isinstance(msg, Trailers):
-            down.send(Trailers(stream_id=self.sid, headers=msg.headers))
+            down.send(_restream(msg, self.sid))
             self._response_end()
         elif isinstance(msg, Reset):
             self.fail_reset(msg.code)
@@ -343,10 +345,4 @@ def _restream(msg: Message, sid: int) -> Message:
         return Body(stream_id=sid, data=msg.data, end_stream=msg.end_stream)
     if isinstance(msg, Trailers):
         return Trailers(stream_id=sid, headers=msg.headers)
-    if isinstance(msg, RequestHead):
-        return RequestHead(
-            stream_id=sid, method=msg.method, scheme=msg.scheme, authority=msg.authority,
-            path=msg.path, headers=msg.headers, end_stream=msg.end_stream,
-            content_length=msg.content_length, expect_continue=msg.expect_continue,
-            http_minor=msg.http_minor)
     return msg
