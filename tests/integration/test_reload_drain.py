@@ -65,14 +65,15 @@ def test_sigterm_drains_in_flight_exchange_then_exits_zero(tmp_path: Path) -> No
         result: dict[str, object] = {}
 
         def slow_request() -> None:
-            reply = http_get(gw.port, "/slow?delay=1.5&size=1000", timeout=10.0)
+            reply = http_get(gw.port, "/slow?delay=2&size=1000", timeout=10.0)
             result["status"] = reply.status
             result["body"] = len(reply.body)
             result["connection"] = reply.header("connection")
 
         thread = threading.Thread(target=slow_request)
         thread.start()
-        time.sleep(0.5)  # the request is now waiting on the origin
+        # Wait until the request is in flight: an upstream connection is open for it.
+        assert _wait_for(lambda: gw.metric("eg_upstream_connections_open") >= 1)
         gw.proc.send_signal(signal.SIGTERM)
         assert _wait_for(lambda: _readyz(gw) == 503, timeout=5.0)
         thread.join(10)
