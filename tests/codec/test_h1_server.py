@@ -335,7 +335,8 @@ def test_unsupported_version(version: bytes) -> None:
 
 
 def test_connect_is_refused() -> None:
-    reject(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", kind="target")
+    # Whatever the target form, CONNECT is answered 405: a reverse proxy does not tunnel.
+    reject(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", status=405, kind="method")
     reject(b"CONNECT / HTTP/1.1\r\nHost: a:443\r\n\r\n", status=405, kind="method")
 
 
@@ -889,3 +890,19 @@ def test_phases() -> None:
     assert codec.response_started
     codec.send(Body(stream_id=1, data=b"y", end_stream=True))
     assert codec.phase == "idle"
+
+
+def test_messages_for_another_stream_are_dropped() -> None:
+    codec = h1_server()
+    (head,) = codec.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n", 0.0)
+    assert isinstance(head, RequestHead)
+    codec.send(ResponseHead(stream_id=head.stream_id, status=200, headers=[], end_stream=False,
+                            content_length=2))
+    codec.send(Body(stream_id=head.stream_id, data=b"ok", end_stream=True))
+    (second,) = codec.feed(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n", 0.0)
+    wire(codec)
+    # A late body of the first exchange must not leak into the second response.
+    codec.send(Body(stream_id=head.stream_id, data=b"late", end_stream=True))
+    assert wire(codec) == b""
+    codec.send(ResponseHead(stream_id=second.stream_id, status=204, headers=[], end_stream=True))
+    assert wire(codec).startswith(b"HTTP/1.1 204 ")

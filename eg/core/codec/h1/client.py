@@ -77,7 +77,9 @@ class H1ClientCodec:
     # -- output ---------------------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        """Encode a request message for the upstream."""
+        """Encode a request message for the upstream (other streams' messages are dropped)."""
+        if msg.stream_id != self._stream_id:
+            return
         if isinstance(msg, Body):
             self._send_body(msg.data, msg.end_stream)
         elif isinstance(msg, RequestHead):

@@ -108,8 +108,10 @@ class H1ServerCodec:
         """Parse received bytes into messages.
 
         Raises:
-            ProtocolError / LimitExceeded: with a 4xx reply already queued when no
-                response has started; the connection must close after ``output()``.
+            ProtocolError / LimitExceeded: nothing more is parsed on this connection. The
+                caller answers: ``error_response(err.status_hint)`` when no exchange is
+                under way, else the exchange's own failure path (a 4xx if no response has
+                started, an abort otherwise); then the connection closes.
         """
         if self._closing:
             return []
@@ -211,6 +213,10 @@ class H1ServerCodec:
                                 kind="version")
         else:
             raise ProtocolError("malformed request line", side=_DOWN, kind="request_line")
+        if method == b"CONNECT":
+            # A reverse proxy does not tunnel (its authority-form target would fail below).
+            raise ProtocolError("CONNECT is not supported", side=_DOWN, status_hint=405,
+                                kind="method")
         if not target or target.translate(None, ctx.target):
             raise ProtocolError("invalid request target", side=_DOWN, kind="target")
         fields = parse_fields(lines, 1, ctx, _DOWN, request=True)
@@ -279,9 +285,6 @@ class H1ServerCodec:
                 raise ProtocolError("invalid request target", side=_DOWN, kind="target")
         else:
             raise ProtocolError("invalid request target", side=_DOWN, kind="target")
-        if method == b"CONNECT":
-            raise ProtocolError("CONNECT is not supported", side=_DOWN, status_hint=405,
-                                kind="method")
 
         self._stream_id += 1
         self.requests += 1
@@ -331,7 +334,13 @@ class H1ServerCodec:
     # -- output ---------------------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        """Encode a response message for the client."""
+        """Encode a response message for the client.
+
+        A message for any stream but the current one (a late one, after the exchange it
+        belonged to ended) is dropped: it must never leak into the next response.
+        """
+        if msg.stream_id != self._stream_id:
+            return
         if isinstance(msg, Body):
             self._send_body(msg.data, msg.end_stream)
         elif isinstance(msg, ResponseHead):
