@@ -102,6 +102,9 @@ class TimeoutsConfig:
     """Upstream silence while a response is awaited or streamed: 504 past it."""
     drain: float = 10.0
     """Graceful shutdown: longest wait for open exchanges."""
+    drain_settle: float = 0.0
+    """Graceful shutdown: seconds between /readyz turning 503 and the listeners closing,
+    so load balancers and Kubernetes stop sending new connections first (0 = none)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -467,6 +470,7 @@ class _Checker:
             connect=table.seconds("connect"),
             response=table.seconds("response"),
             drain=table.seconds("drain"),
+            drain_settle=table.seconds("drain_settle", allow_zero=True),
         )
 
     def _proxy(self, table: _Table) -> ProxyConfig:
@@ -667,12 +671,12 @@ class _Table:
             self._fail(key, expected, _show(value))
         return value
 
-    def seconds(self, key: str) -> float:
-        expected = "a positive number of seconds"
+    def seconds(self, key: str, *, allow_zero: bool = False) -> float:
+        expected = "0 or more seconds" if allow_zero else "a positive number of seconds"
         value = self.value(key, expected)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._fail(key, expected, _typed(value))
-        if not (value > 0 and math.isfinite(value)):
+        if not ((value > 0 or (allow_zero and value == 0)) and math.isfinite(value)):
             self._fail(key, expected, _show(value))
         return float(value)
 

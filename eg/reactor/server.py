@@ -4,7 +4,8 @@ Order matters for "never half-up": the config is already valid when ``run`` is c
 every listening socket and the admin socket are bound here, in the main thread, before
 any worker starts, so a bind error exits with nothing serving.
 
-Signals: SIGTERM/SIGINT drain (``/readyz`` turns 503, listeners close, connections
+Signals: SIGTERM/SIGINT drain (``/readyz`` turns 503, ``timeouts.drain_settle`` seconds
+pass, listeners close, connections
 finish their current exchange, at most ``timeouts.drain`` seconds, then the rest are
 aborted and counted); SIGHUP reloads the file (routes, clusters, limits, timeouts;
 listener changes need a restart and are logged as such).
@@ -36,6 +37,10 @@ log = logging.getLogger("eg")
 #: Every module the serving process imports for its protocols; checked for the GIL.
 PROTOCOL_MODULES = ("h11", "h2.connection", "hpack", "qh3", "qh3.h3.connection",
                     "prometheus_client", "pyroute2")
+
+
+#: Signals the main thread handles; blocked in every other thread.
+CONTROL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def gil_enabled() -> bool:
@@ -74,6 +79,18 @@ def run(config: Config, *, config_path: str | None = None) -> int:
             return 3
         log.warning(f"the GIL is enabled ({where}); starting because runtime.allow_gil is set")
 
+    # Threads inherit the signal mask: block the control signals while the admin and
+    # worker threads start, so the kernel delivers them to the main thread only (a
+    # signal taken by a worker in epoll_wait would leave the main thread asleep).
+    signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
+    try:
+        return _serve(config, config_path, gil)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
+
+
+def _serve(config: Config, config_path: str | None, gil: bool) -> int:
+    obs = config.observability
     cpus = worker_cpus(config)
     count = len(cpus)
     try:
@@ -121,8 +138,9 @@ def run(config: Config, *, config_path: str | None = None) -> int:
         requests.append(signum)
         wake.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in CONTROL_SIGNALS:
         signal.signal(sig, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)
     state.started = True
     listening = {lc.name: _address(socks[0]) for lc, socks in
                  ((lc, bound[lc.name]) for lc in config.listeners)}
@@ -132,7 +150,7 @@ def run(config: Config, *, config_path: str | None = None) -> int:
         "config": config.source, "python": sys.version.split()[0]})
 
     while True:
-        wake.wait()
+        wake.wait(1.0)  # the timeout is a backstop; signals wake it at once
         wake.clear()
         while requests:
             signum = requests.pop(0)
@@ -160,7 +178,11 @@ def _reload(path: str, current: Config, workers: list[Worker]) -> None:
 def _drain(config: Config, workers: list[Worker], state: AdminState,
            admin: AdminServer | None) -> int:
     state.draining = True
-    log.info("draining", extra={"timeout": config.timeouts.drain})
+    settle = config.timeouts.drain_settle
+    log.info("draining", extra={"timeout": config.timeouts.drain, "settle": settle})
+    if settle:
+        # /readyz already answers 503; keep accepting while load balancers notice.
+        time.sleep(settle)
     for w in workers:
         w.post(Drain())
     deadline = time.monotonic() + config.timeouts.drain

@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+from eg.core.config import load
+from eg.core.errors import ConfigError
 from tests.helpers import OriginProcess, http_get
 from tests.integration.conftest import (
     Gateway,
@@ -80,3 +82,27 @@ def test_sigterm_drains_in_flight_exchange_then_exits_zero(tmp_path: Path) -> No
         assert result == {"status": 200, "body": 1000, "connection": "close"}
         assert gw.proc.wait(10) == 0
         check_stopped_cleanly(gw)
+
+
+def test_drain_settle_keeps_serving_while_readyz_fails(tmp_path: Path) -> None:
+    with OriginProcess([0], ["a"]) as origin:
+        with launch(tmp_path, gateway_config(
+                [origin.port], timeouts={"drain": 5.0, "drain_settle": 2.0})) as gw:
+            assert _readyz(gw) == 200
+            gw.proc.send_signal(signal.SIGTERM)
+            assert _wait_for(lambda: _readyz(gw) == 503, timeout=5.0), gw.stderr
+            # Settling: not ready, but new connections are still accepted and served.
+            assert http_get(gw.port, "/").status == 200
+            assert gw.proc.wait(10) == 0
+
+
+def test_drain_settle_config_bounds() -> None:
+    base = '[[listeners]]\nname = "h"\naddress = "127.0.0.1:0"\n[timeouts]\n'
+    assert load((base + "drain_settle = 0\n").encode()).timeouts.drain_settle == 0.0
+    assert load((base + "drain_settle = 2.5\n").encode()).timeouts.drain_settle == 2.5
+    try:
+        load((base + "drain_settle = -1\n").encode())
+    except ConfigError as exc:
+        assert "timeouts.drain_settle" in str(exc) and "0 or more seconds" in str(exc)
+    else:
+        raise AssertionError("a negative drain_settle was accepted")
