@@ -1,0 +1,614 @@
+"""What the HTTP/2 server and client adapters share: feeding h2, flow control, budgets.
+
+Theory of operation. ``feed`` hands the bytes to h2 and maps its events to messages
+through a per-codec dispatch dict; ``send`` maps messages to h2 calls; ``output`` takes
+h2's queued bytes without copying. The adapter keeps one ``_Stream`` per stream the
+exchange knows about, from its head until both directions have ended or it was reset.
+
+Inbound flow control (STYLE.md §4, the h2 lever). Received DATA is handed out at once
+and its connection credit returned at once. Its stream credit is returned as it is
+handed out too, unless the stream is paused: then it is counted and returned by the
+``resume`` that ends the pause. A paused stream therefore gets no WINDOW_UPDATE and
+its sender stops after one window; other streams carry on.
+
+Outbound flow control. A body slice larger than the peer's window (stream and
+connection) is sent up to the window, in frames of at most the peer's frame size; the
+rest waits in the stream's send buffer, in order, and is sent as WINDOW_UPDATEs (or a
+larger SETTINGS_INITIAL_WINDOW_SIZE) arrive. Trailers and the end of stream wait behind
+buffered bytes. Each buffer has the watermarks of ``H2Context`` (high, low = high / 2):
+crossings are collected for ``take_watermarks()`` so the caller can pause the other side
+of the exchange; past ``buffer_limit`` the caller ignored backpressure and the stream is
+reset (``LimitExceeded``).
+
+Stream life in the adapter:
+
+    ┌────────┐ head in/out ┌──────┐ end both ways ┌──────┐
+    │ (none) │────────────▶│ OPEN │──────────────▶│ gone │
+    └────────┘             └──────┘  reset, EOF,   └──────┘
+                                      GOAWAY ─────────▲
+
+Budgets (MISSION.md DoS rows, ``H2Context``): SETTINGS and PING frames, streams the peer
+resets before their response started (server only: Rapid Reset), and streams we reset or
+answered ourselves. Each counts per window of ``flood_window`` seconds of ``now``; past
+it the connection ends with GOAWAY ENHANCE_YOUR_CALM and ``LimitExceeded``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from h2.connection import ConnectionState
+from h2.errors import ErrorCodes
+from h2.events import (
+    DataReceived,
+    Event,
+    PingReceived,
+    RemoteSettingsChanged,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import DenialOfServiceError, H2Error, StreamClosedError
+from hpack.exceptions import HPACKError
+from hyperframe.exceptions import HyperframeError
+
+from eg.core.codec.h2._connection import H2Wire, StreamRejected
+from eg.core.codec.h2._context import H2Context
+from eg.core.codec.h2._convert import trailer_block
+from eg.core.errors import EgError, LimitExceeded, ProtocolError
+from eg.core.message import Body, Message, Reset, ResetCode, Side, Trailers
+
+Handler = Callable[[Any, list[Message], float], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class H2Statistics:
+    """A snapshot of one connection's state (STYLE.md §4 ``statistics()``)."""
+
+    #: Streams the exchange layer knows and that have not ended.
+    streams: int
+    #: Body bytes waiting in send buffers for the peer's flow-control window.
+    buffered_bytes: int
+    #: Streams whose inbound credit is being held back.
+    paused_streams: int
+    #: Bytes queued for the socket and not yet taken by ``output()``.
+    pending_output: int
+    #: We sent GOAWAY (drain or error).
+    goaway_sent: bool
+    #: The peer sent GOAWAY.
+    goaway_received: bool
+
+
+class _Stream:
+    """One stream's adapter state (the h2 ``H2Stream`` keeps the protocol state)."""
+
+    __slots__ = (
+        "buf",
+        "buffered",
+        "congested",
+        "content_length",
+        "end_pending",
+        "head_request",
+        "in_done",
+        "out_done",
+        "paused",
+        "received",
+        "response_started",
+        "sid",
+        "trailers",
+        "unacked",
+    )
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        #: Body slices waiting for window, in order.
+        self.buf: deque[bytes | memoryview] = deque()
+        self.buffered = 0
+        self.congested = False
+        #: Declared inbound length (checked when trailers end the stream).
+        self.content_length: int | None = None
+        self.received = 0
+        #: The end of stream (and maybe trailers) waits behind ``buf``.
+        self.end_pending = False
+        self.trailers: list[Any] | None = None
+        self.in_done = False
+        self.out_done = False
+        self.paused = 0
+        #: Stream credit consumed while paused, returned on resume.
+        self.unacked = 0
+        self.response_started = False
+        #: Client side: the request was HEAD (a response content-length is not a promise).
+        self.head_request = False
+
+
+class _Budget:
+    """At most ``limit`` events per ``span`` seconds (a fixed window restarted lazily)."""
+
+    __slots__ = ("count", "limit", "span", "start")
+
+    def __init__(self, limit: int, span: float) -> None:
+        self.limit = limit
+        self.span = span
+        self.count = 0
+        self.start = float("-inf")
+
+    def spend(self, now: float) -> bool:
+        """Count one event; True when the budget is exhausted."""
+        if now - self.start >= self.span:
+            self.start = now
+            self.count = 0
+        self.count += 1
+        return self.count > self.limit
+
+
+def reset_code(code: int | None) -> ResetCode:
+    """An HTTP/2 error code as a ResetCode (codes it lacks become the nearest one)."""
+    if code is None:
+        return ResetCode.NO_ERROR
+    try:
+        return ResetCode(code)
+    except ValueError:
+        if code in (ErrorCodes.FRAME_SIZE_ERROR, ErrorCodes.COMPRESSION_ERROR):
+            return ResetCode.PROTOCOL_ERROR
+        return ResetCode.INTERNAL_ERROR
+
+
+class H2Codec:
+    """The shared half of ``H2ServerCodec`` and ``H2ClientCodec`` (see module docstring).
+
+    Args:
+        ctx: the worker's limits and h2 configuration.
+        client_side: the h2 role.
+        side: the proxy side the peer is on (DOWNSTREAM for the server adapter).
+    """
+
+    def __init__(self, ctx: H2Context, *, client_side: bool, side: Side) -> None:
+        self._ctx = ctx
+        self._conn = H2Wire(ctx, client_side=client_side)
+        self._side = side
+        self._hint = 400 if side is Side.DOWNSTREAM else 502
+        self._streams: dict[int, _Stream] = {}
+        #: Streams with bytes waiting for window, in the order they started waiting.
+        self._blocked: dict[int, _Stream] = {}
+        self._buffered = 0
+        self._watermarks: dict[int, bool] = {}
+        #: Nothing more is read: connection error, EOF, or the peer's error GOAWAY.
+        self._closed = False
+        #: A connection error of ours or h2's: nothing more is sent either.
+        self._dead = False
+        self._goaway_sent = False
+        self._goaway_received: int | None = None
+        self._peer_resets = _Budget(ctx.max_peer_resets, ctx.flood_window)
+        self._local_errors = _Budget(ctx.max_local_errors, ctx.flood_window)
+        self._settings = _Budget(ctx.max_settings, ctx.flood_window)
+        self._pings = _Budget(ctx.max_pings, ctx.flood_window)
+        self._handlers: dict[type[Event], Handler] = {
+            DataReceived: self._on_data,
+            StreamReset: self._on_reset,
+            StreamRejected: self._on_rejected,
+            WindowUpdated: self._on_window,
+            RemoteSettingsChanged: self._on_settings,
+            PingReceived: self._on_ping,
+        }
+
+    # -- input ---------------------------------------------------------------------------
+
+    def feed(self, data: bytes, now: float) -> list[Message]:
+        """Consume received bytes and return the messages they complete.
+
+        Raises:
+            ProtocolError: the peer broke HTTP/2 (``reset_code`` is the GOAWAY code).
+            LimitExceeded: a header, HPACK or flood limit (GOAWAY ENHANCE_YOUR_CALM).
+            In both cases the GOAWAY is already in ``output()`` and every stream on the
+            connection is gone.
+        """
+        if self._closed:
+            return []
+        msgs: list[Message] = []
+        try:
+            events = self._conn.receive_data(data)
+            handlers = self._handlers
+            for event in events:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    handler(event, msgs, now)
+        except (H2Error, HPACKError, HyperframeError) as exc:
+            err = self._translate(exc)
+            if self._conn.state_machine.state is not ConnectionState.CLOSED:
+                # h2 queues GOAWAY itself for errors inside frame processing, not for a
+                # bad preface or an error in one of our handlers.
+                self._conn.close_connection(int(err.reset_code))
+            self._fail()
+            raise err from exc
+        except EgError:
+            self._fail()
+            raise
+        return msgs
+
+    def feed_eof(self, now: float) -> list[Message]:
+        """The peer closed the connection: every stream still open is reset (CANCEL)."""
+        self._closed = True
+        msgs: list[Message] = [
+            Reset(stream_id=sid, code=ResetCode.CANCEL, side=self._side) for sid in self._streams
+        ]
+        self._forget_all()
+        return msgs
+
+    def _fail(self) -> None:
+        self._closed = True
+        self._dead = True
+        self._goaway_sent = True
+        self._forget_all()
+
+    def _translate(self, exc: Exception) -> EgError:
+        side = self._side
+        if isinstance(exc, DenialOfServiceError):
+            return LimitExceeded(
+                f"h2: {exc}", side=side, status_hint=431 if side is Side.DOWNSTREAM else 502,
+                kind="h2_limit",
+            )
+        err = ProtocolError(f"h2: {exc}", side=side, status_hint=self._hint, kind="h2_protocol")
+        err.reset_code = reset_code(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR))
+        return err
+
+    def _calm_down(self, kind: str) -> None:
+        """Over a flood budget: GOAWAY ENHANCE_YOUR_CALM and raise."""
+        self._conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        raise LimitExceeded(
+            f"h2 peer over its {kind} budget", side=self._side,
+            status_hint=429 if self._side is Side.DOWNSTREAM else 502, kind=f"h2_{kind}",
+        )
+
+    def _local_error(self, now: float) -> None:
+        """We reset or answered a stream because the peer broke the rules."""
+        if self._local_errors.spend(now):
+            self._calm_down("local_errors")
+
+    # -- event handlers shared by both roles ------------------------------------------
+
+    def _on_data(self, event: DataReceived, msgs: list[Message], now: float) -> None:
+        conn = self._conn
+        sid = event.stream_id
+        size = event.flow_controlled_length
+        end = event.stream_ended is not None
+        if size:
+            conn.ack_connection(size)
+        st = self._streams.get(sid)
+        if st is None:
+            if size and not end:
+                conn.ack_stream(size, sid)
+            return
+        data = event.data
+        st.received += len(data)
+        if end:
+            st.in_done = True
+        elif size:
+            if st.paused:
+                st.unacked += size
+            else:
+                conn.ack_stream(size, sid)
+        msgs.append(Body(stream_id=sid, data=data, end_stream=end))
+        if end:
+            self._maybe_done(st)
+
+    def _on_reset(self, event: StreamReset, msgs: list[Message], now: float) -> None:
+        st = self._streams.pop(event.stream_id, None)
+        if event.remote_reset:
+            if self._count_peer_resets and (st is None or not st.response_started) and \
+                    self._peer_resets.spend(now):
+                self._calm_down("peer_resets")
+        else:
+            self._local_error(now)
+        if st is not None:
+            self._drop(st)
+            msgs.append(
+                Reset(stream_id=st.sid, code=reset_code(event.error_code), side=self._side)
+            )
+
+    def _on_rejected(self, event: StreamRejected, msgs: list[Message], now: float) -> None:
+        self._local_error(now)
+        st = self._streams.pop(event.stream_id, None)
+        if st is not None:
+            self._drop(st)
+            msgs.append(
+                Reset(stream_id=st.sid, code=reset_code(event.error_code), side=self._side)
+            )
+
+    def _on_window(self, event: WindowUpdated, msgs: list[Message], now: float) -> None:
+        if event.stream_id:
+            st = self._blocked.get(event.stream_id)
+            if st is not None:
+                self._flush(st)
+        else:
+            self._flush_all()
+
+    def _on_settings(self, event: RemoteSettingsChanged, msgs: list[Message], now: float) -> None:
+        if self._settings.spend(now):
+            self._calm_down("settings")
+        # A larger SETTINGS_INITIAL_WINDOW_SIZE or frame size may unblock streams.
+        self._flush_all()
+
+    def _on_ping(self, event: PingReceived, msgs: list[Message], now: float) -> None:
+        if self._pings.spend(now):
+            self._calm_down("pings")
+
+    def _trailers_in(
+        self, st: _Stream, fields: list[Any] | None, msgs: list[Message], now: float
+    ) -> None:
+        """Trailers ended the stream: check the declared length, then pass them on."""
+        length = st.content_length
+        if fields is None or (length is not None and st.received != length):
+            self._reject_stream(st, msgs, now)
+            return
+        st.in_done = True
+        msgs.append(Trailers(stream_id=st.sid, headers=fields))
+        self._maybe_done(st)
+
+    def _reject_stream(self, st: _Stream, msgs: list[Message], now: float) -> None:
+        """A malformed message on a stream the exchange knows: reset it both ways."""
+        self._local_error(now)
+        del self._streams[st.sid]
+        self._drop(st)
+        self._conn.reset_stream(st.sid, ErrorCodes.PROTOCOL_ERROR)
+        msgs.append(Reset(stream_id=st.sid, code=ResetCode.PROTOCOL_ERROR, side=self._side))
+
+    #: Server adapters count peer resets of unanswered streams (Rapid Reset).
+    _count_peer_resets = False
+
+    # -- output --------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        """Encode one message for the peer; the bytes appear in ``output()``.
+
+        Messages for streams that are gone (reset, ended) are dropped.
+
+        Raises:
+            LimitExceeded: a stream's send buffer passed ``buffer_limit`` (backpressure
+                was ignored); the stream has been reset.
+            ProtocolError: h2 refused the message (side INTERNAL: a caller bug).
+        """
+        if self._dead:
+            return
+        try:
+            if isinstance(msg, Body):
+                self._send_body(msg)
+            elif isinstance(msg, Trailers):
+                self._send_trailers(msg)
+            elif isinstance(msg, Reset):
+                self._send_reset(msg)
+            else:
+                self._send_head(msg)
+        except StreamClosedError:
+            st = self._streams.pop(msg.stream_id, None)
+            if st is not None:
+                self._drop(st)
+        except H2Error as exc:
+            raise ProtocolError(
+                f"h2 refused {type(msg).__name__}: {exc}", side=Side.INTERNAL,
+                status_hint=502, kind="h2_send",
+            ) from exc
+
+    def _send_head(self, msg: Message) -> None:
+        raise NotImplementedError  # pragma: no cover - each role implements it
+
+    def _send_body(self, msg: Body) -> None:
+        st = self._streams.get(msg.stream_id)
+        if st is None or st.out_done or st.end_pending:
+            return
+        data = msg.data
+        end = msg.end_stream
+        conn = self._conn
+        size = len(data)
+        if not st.buf:
+            sid = st.sid
+            if size <= conn.max_outbound_frame_size and (
+                not size or size <= conn.local_flow_control_window(sid)
+            ):
+                # Fast path: it fits the window and one frame.
+                if size or end:
+                    conn.send_data(sid, data, end_stream=end)
+                if end:
+                    st.out_done = True
+                    self._maybe_done(st)
+                return
+        if size:
+            if st.buffered + size > self._ctx.buffer_limit:
+                self._overflow(st)
+            st.buf.append(data)
+            st.buffered += size
+            self._buffered += size
+        if end:
+            st.end_pending = True
+        self._flush(st)
+
+    def _send_trailers(self, msg: Trailers) -> None:
+        st = self._streams.get(msg.stream_id)
+        if st is None or st.out_done or st.end_pending:
+            return
+        block = trailer_block(self._ctx, msg.headers)
+        if st.buf:
+            st.trailers = block
+            st.end_pending = True
+            return
+        if block:
+            self._conn.send_headers(st.sid, block, end_stream=True)
+        else:
+            self._conn.send_data(st.sid, b"", end_stream=True)
+        st.out_done = True
+        self._maybe_done(st)
+
+    def _send_reset(self, msg: Reset) -> None:
+        st = self._streams.pop(msg.stream_id, None)
+        if st is None:
+            return
+        self._drop(st)
+        if msg.stream_id in self._conn.streams:
+            self._conn.reset_stream(msg.stream_id, int(msg.code))
+
+    def _overflow(self, st: _Stream) -> None:
+        del self._streams[st.sid]
+        self._drop(st)
+        self._conn.reset_stream(st.sid, ErrorCodes.INTERNAL_ERROR)
+        raise LimitExceeded(
+            f"stream {st.sid} send buffer over {self._ctx.buffer_limit} bytes",
+            side=Side.INTERNAL, status_hint=502, kind="h2_send_buffer",
+        )
+
+    def _flush(self, st: _Stream) -> None:
+        """Send what the windows allow from ``st``'s buffer, then its end if due."""
+        conn = self._conn
+        sid = st.sid
+        buf = st.buf
+        sent = 0
+        while buf:
+            window = conn.local_flow_control_window(sid)
+            if window <= 0:
+                break
+            chunk = buf[0]
+            size = len(chunk)
+            n = min(size, window, conn.max_outbound_frame_size)
+            if n < size:
+                view = memoryview(chunk)
+                buf[0] = view[n:]
+                chunk = view[:n]
+            else:
+                buf.popleft()
+            sent += n
+            end = not buf and st.end_pending and st.trailers is None
+            conn.send_data(sid, chunk, end_stream=end)
+            if end:
+                st.end_pending = False
+                st.out_done = True
+        st.buffered -= sent
+        self._buffered -= sent
+        if buf:
+            self._blocked[sid] = st
+        else:
+            self._blocked.pop(sid, None)
+            if st.end_pending:
+                st.end_pending = False
+                st.out_done = True
+                if st.trailers:
+                    conn.send_headers(sid, st.trailers, end_stream=True)
+                else:
+                    conn.send_data(sid, b"", end_stream=True)
+                st.trailers = None
+        self._watermark(st)
+        if st.out_done:
+            self._maybe_done(st)
+
+    def _flush_all(self) -> None:
+        for st in list(self._blocked.values()):
+            if self._conn.outbound_flow_control_window <= 0:
+                break
+            self._flush(st)
+
+    def _watermark(self, st: _Stream) -> None:
+        if st.congested:
+            if st.buffered <= self._ctx.buffer_low:
+                st.congested = False
+                self._watermarks[st.sid] = False
+        elif st.buffered > self._ctx.buffer_high:
+            st.congested = True
+            self._watermarks[st.sid] = True
+
+    def _maybe_done(self, st: _Stream) -> None:
+        if st.out_done and (st.in_done or self._end_early(st)):
+            self._streams.pop(st.sid, None)
+
+    def _end_early(self, st: _Stream) -> bool:
+        """Our side ended before the peer's did: whether to stop tracking the stream."""
+        return False
+
+    def _drop(self, st: _Stream) -> None:
+        """Discard a gone stream's buffered bytes and report its buffer as drained."""
+        if st.buffered:
+            self._buffered -= st.buffered
+            st.buffered = 0
+            st.buf.clear()
+        self._blocked.pop(st.sid, None)
+        if st.congested:
+            st.congested = False
+            self._watermarks[st.sid] = False
+
+    def _forget_all(self) -> None:
+        for st in self._streams.values():
+            self._drop(st)
+        self._streams.clear()
+
+    def output(self) -> list[bytes | memoryview]:
+        """Take the bytes queued for the peer (one zero-copy slice, or none)."""
+        conn = self._conn
+        if conn.pending_output:
+            return [memoryview(conn.take_output())]
+        return []
+
+    # -- backpressure --------------------------------------------------------------------
+
+    def pause(self, stream_id: int) -> None:
+        """Hold back ``stream_id``'s WINDOW_UPDATEs until the matching ``resume``."""
+        st = self._streams.get(stream_id)
+        if st is not None:
+            st.paused += 1
+
+    def resume(self, stream_id: int) -> None:
+        """Undo one ``pause``; the last one returns the credit consumed meanwhile."""
+        st = self._streams.get(stream_id)
+        if st is None or not st.paused:
+            return
+        st.paused -= 1
+        if not st.paused and st.unacked:
+            size = st.unacked
+            st.unacked = 0
+            if not self._dead:
+                self._conn.ack_stream(size, stream_id)
+
+    def wants_read(self) -> bool:
+        """Read unless closed or too many bytes wait to be taken by ``output()``.
+
+        Bytes waiting for the peer's window do not count: reading is how the
+        WINDOW_UPDATE that releases them arrives.
+        """
+        return not self._closed and self._conn.pending_output <= self._ctx.buffer_limit
+
+    def wants_close(self) -> bool:
+        """Close once ``output()`` is written: after an error or EOF, or after a GOAWAY
+        either way once no stream is left."""
+        if self._closed:
+            return True
+        return (self._goaway_sent or self._goaway_received is not None) and not self._streams
+
+    def take_watermarks(self) -> list[tuple[int, bool]]:
+        """Send-buffer watermark crossings since the last call: (stream id, congested)."""
+        if not self._watermarks:
+            return []
+        changes = list(self._watermarks.items())
+        self._watermarks.clear()
+        return changes
+
+    def buffered(self, stream_id: int) -> int:
+        """Body bytes of ``stream_id`` waiting for the peer's window."""
+        st = self._streams.get(stream_id)
+        return st.buffered if st is not None else 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Body bytes waiting for the peer's window, all streams together."""
+        return self._buffered
+
+    @property
+    def active_streams(self) -> int:
+        """Streams that have not ended or been reset."""
+        return len(self._streams)
+
+    def statistics(self) -> H2Statistics:
+        return H2Statistics(
+            streams=len(self._streams),
+            buffered_bytes=self._buffered,
+            paused_streams=sum(1 for st in self._streams.values() if st.paused),
+            pending_output=self._conn.pending_output,
+            goaway_sent=self._goaway_sent,
+            goaway_received=self._goaway_received is not None,
+        )

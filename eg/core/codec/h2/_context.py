@@ -1,0 +1,180 @@
+"""Per-worker HTTP/2 settings: the limits both adapters enforce and the h2 configurations.
+
+Build one ``H2Context`` per worker thread and hand it to every H2 codec that worker
+creates. It holds only immutable values and objects confined to that worker (the two
+``H2Configuration`` objects and the no-op logger), so nothing here is shared between
+threads. HPACK state is not here: every codec owns an ``H2Connection`` and with it its own
+encoder and decoder tables, as RFC 7541 requires (the tables are per connection).
+"""
+
+from __future__ import annotations
+
+from h2.config import DummyLogger, H2Configuration
+from h2.settings import SettingCodes
+
+#: SETTINGS_MAX_CONCURRENT_STREAMS we advertise (MISSION.md, DoS row "max_concurrent_streams
+#: 256"; RFC 9113 §6.5.2). Also the most streams the client adapter opens on one upstream.
+DEFAULT_MAX_CONCURRENT_STREAMS = 256
+#: SETTINGS_MAX_HEADER_LIST_SIZE (MISSION.md, header caps row "H2 max_header_list_size
+#: 64 KiB"; RFC 9113 §6.5.2: name + value + 32 octets per field). The HPACK decoder stops
+#: decoding past it, which is also the HPACK-bomb cap (MISSION.md, DoS row).
+DEFAULT_MAX_HEADER_LIST_SIZE = 64 * 1024
+#: Header fields in one head (MISSION.md, header caps row "≤256 headers"); 431 past it.
+DEFAULT_MAX_HEADERS = 256
+#: SETTINGS_INITIAL_WINDOW_SIZE: the stream receive window (MISSION.md, DoS row "send buffer
+#: 64 KiB"; RFC 9113 §6.9.2 default is 65,535). It bounds what a paused stream can be sent.
+DEFAULT_INITIAL_WINDOW_SIZE = 64 * 1024
+#: The connection receive window, raised from RFC 9113's 65,535 (§6.9.2) with a
+#: WINDOW_UPDATE at start. Received bytes are handed out at once and acknowledged on the
+#: connection immediately (only stream credit is held back while paused), so this only
+#: lets several streams fill their windows together: 16 x the stream window.
+DEFAULT_CONNECTION_WINDOW = 16 * DEFAULT_INITIAL_WINDOW_SIZE
+#: High watermark of one stream's send buffer (config ``limits.buffer_high``); the low
+#: watermark is half of it (STYLE.md §4).
+DEFAULT_BUFFER_HIGH = 64 * 1024
+#: Hard cap of one stream's send buffer (config ``limits.buffer_limit``). Past it the
+#: caller has ignored backpressure: the stream is reset. The same cap on the whole
+#: connection's unsent bytes makes ``wants_read()`` false (reading resumes below half).
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
+#: HEADERS + CONTINUATION bytes of one encoded header block (MISSION.md, DoS row
+#: "CONTINUATION flood: bounded count and bytes per header block"). h2 already bounds the
+#: count (64 frames, ``h2.frame_buffer.CONTINUATION_BACKLOG``); the byte bound is the list
+#: cap times 4, because Huffman coding can expand an octet to at most 30 bits (RFC 7541
+#: Appendix B), so no honest encoding of an acceptable list is longer.
+HEADER_BLOCK_FACTOR = 4
+#: Streams the peer resets before their response started, per ``FLOOD_WINDOW`` (MISSION.md,
+#: DoS row "Rapid-Reset: 100 pending-accept resets") → GOAWAY ENHANCE_YOUR_CALM.
+DEFAULT_MAX_PEER_RESETS = 100
+#: Streams we reset or answered ourselves because the peer broke the rules, per
+#: ``FLOOD_WINDOW`` (MISSION.md, DoS row "100 local-error resets") → GOAWAY.
+DEFAULT_MAX_LOCAL_ERRORS = 100
+#: SETTINGS frames per ``FLOOD_WINDOW`` (MISSION.md, DoS row "100 SETTINGS per 10 s").
+DEFAULT_MAX_SETTINGS = 100
+#: PING frames per ``FLOOD_WINDOW`` (MISSION.md, DoS row "50 PINGs per 10 s").
+DEFAULT_MAX_PINGS = 50
+#: The counting window of the four budgets above, in seconds (MISSION.md gives 10 s for the
+#: SETTINGS and PING rows; the reset budgets use the same window).
+FLOOD_WINDOW = 10.0
+
+
+class NullLogger(DummyLogger):
+    """The logger h2 calls ~18 times per request: both levels do nothing."""
+
+    def debug(self, *args: object, **kwargs: object) -> None:
+        """Drop the message."""
+
+    def trace(self, *args: object, **kwargs: object) -> None:
+        """Drop the message."""
+
+
+class H2Context:
+    """Limits and pre-built h2 configuration for one worker's HTTP/2 codecs.
+
+    Args:
+        max_concurrent_streams: streams the peer may open; streams we open upstream.
+        max_header_list_size: decoded header list bytes (RFC 9113 §6.5.2).
+        max_headers: header fields in one request or response head.
+        initial_window_size: stream receive window we advertise.
+        connection_window: connection receive window we open at start.
+        buffer_high: one stream's send-buffer high watermark (low = high / 2).
+        buffer_limit: one stream's send-buffer cap, and the connection's.
+        reject_underscore: reject request header names containing ``_`` (400).
+    """
+
+    __slots__ = (
+        "buffer_high",
+        "buffer_limit",
+        "buffer_low",
+        "client_config",
+        "client_settings",
+        "connection_window",
+        "egress_strip",
+        "flood_window",
+        "header_block_limit",
+        "initial_window_size",
+        "max_concurrent_streams",
+        "max_header_list_size",
+        "max_headers",
+        "max_local_errors",
+        "max_peer_resets",
+        "max_pings",
+        "max_settings",
+        "reject_underscore",
+        "request_special",
+        "response_special",
+        "server_config",
+        "server_settings",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        initial_window_size: int = DEFAULT_INITIAL_WINDOW_SIZE,
+        connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        buffer_high: int = DEFAULT_BUFFER_HIGH,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+        reject_underscore: bool = True,
+    ) -> None:
+        self.max_concurrent_streams = max_concurrent_streams
+        self.max_header_list_size = max_header_list_size
+        self.max_headers = max_headers
+        self.initial_window_size = initial_window_size
+        self.connection_window = max(connection_window, 65535)
+        self.buffer_high = buffer_high
+        self.buffer_low = buffer_high // 2
+        self.buffer_limit = buffer_limit
+        self.reject_underscore = reject_underscore
+        self.header_block_limit = HEADER_BLOCK_FACTOR * max_header_list_size
+        self.max_peer_resets = DEFAULT_MAX_PEER_RESETS
+        self.max_local_errors = DEFAULT_MAX_LOCAL_ERRORS
+        self.max_settings = DEFAULT_MAX_SETTINGS
+        self.max_pings = DEFAULT_MAX_PINGS
+        self.flood_window = FLOOD_WINDOW
+        # Header-name sets, built here so each worker owns its copies (STYLE.md §6).
+        #: Request fields the server adapter consumes into RequestHead fields.
+        self.request_special = frozenset(
+            bytes(bytearray(n)) for n in (b"content-length", b"host", b"expect")
+        )
+        #: Response fields the client adapter consumes into ResponseHead fields.
+        self.response_special = frozenset([bytes(bytearray(b"content-length"))])
+        #: Fields never sent on HTTP/2: connection-specific ones (RFC 9113 §8.2.2), the
+        #: ones each head carries as its own fields, and ``te`` (re-added as ``te:
+        #: trailers`` on requests that asked for it).
+        self.egress_strip = frozenset(
+            bytes(bytearray(n))
+            for n in (
+                b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                b"upgrade", b"host", b"content-length", b"te",
+            )
+        )
+        logger = NullLogger()
+        self.server_config = H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            normalize_inbound_headers=True,
+            logger=logger,
+        )
+        self.client_config = H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            normalize_inbound_headers=True,
+            logger=logger,
+        )
+        #: SETTINGS the server adapter sends in its preface.
+        self.server_settings: dict[SettingCodes, int] = {
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+            SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+        }
+        #: SETTINGS the client adapter sends: no server push (RFC 9113 §8.4).
+        self.client_settings: dict[SettingCodes, int] = {
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+            SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+            SettingCodes.ENABLE_PUSH: 0,
+        }
