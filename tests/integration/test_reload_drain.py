@@ -85,15 +85,14 @@ def test_sigterm_drains_in_flight_exchange_then_exits_zero(tmp_path: Path) -> No
 
 
 def test_drain_settle_keeps_serving_while_readyz_fails(tmp_path: Path) -> None:
-    with OriginProcess([0], ["a"]) as origin:
-        with launch(tmp_path, gateway_config(
-                [origin.port], timeouts={"drain": 5.0, "drain_settle": 2.0})) as gw:
-            assert _readyz(gw) == 200
-            gw.proc.send_signal(signal.SIGTERM)
-            assert _wait_for(lambda: _readyz(gw) == 503, timeout=5.0), gw.stderr
-            # Settling: not ready, but new connections are still accepted and served.
-            assert http_get(gw.port, "/").status == 200
-            assert gw.proc.wait(10) == 0
+    with OriginProcess([0], ["a"]) as origin, launch(tmp_path, gateway_config(
+            [origin.port], timeouts={"drain": 5.0, "drain_settle": 2.0})) as gw:
+        assert _readyz(gw) == 200
+        gw.proc.send_signal(signal.SIGTERM)
+        assert _wait_for(lambda: _readyz(gw) == 503, timeout=5.0), gw.stderr
+        # Settling: not ready, but new connections are still accepted and served.
+        assert http_get(gw.port, "/").status == 200
+        assert gw.proc.wait(10) == 0
 
 
 def test_drain_settle_config_bounds() -> None:
