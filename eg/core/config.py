@@ -118,13 +118,33 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateConfig:
+    cert: str
+    """PEM certificate chain (leaf first); relative paths are relative to the config file."""
+    key: str
+    """PEM private key of that certificate."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    certificates: tuple[CertificateConfig, ...]
+    """The first is the default; the others are chosen by SNI (their subjectAltNames)."""
+    tls13_only: bool = False
+    """Refuse TLS 1.2 (by default TLS 1.2 with ECDHE + AEAD suites and TLS 1.3)."""
+    handshake_timeout: float = 5.0
+    """A client that has not completed its handshake by then is disconnected."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerConfig:
     name: str
     """Unique among listeners; letters, digits, ``_``, ``-`` and ``.`` (metrics label)."""
     address: str
     """host:port ([v6]:port); port 0 picks a free port (tests)."""
     protocol: str = "h1"
-    """h1 (more arrive with the H2/H3 work)."""
+    """h1 (cleartext HTTP/1.1) or h1s (HTTP/1.1 over TLS; needs ``tls``)."""
+    tls: TlsConfig | None = None
+    """Certificates and TLS settings; required by h1s, refused by h1."""
     alt_svc: str = ""
     """Alt-Svc header value added to responses on this listener; empty adds none."""
 
@@ -200,7 +220,9 @@ class Config:
 # --- validation ---------------------------------------------------------------------------
 
 # Accepted enumerations; each grows as the matching feature lands.
-LISTENER_PROTOCOLS: Final = ("h1",)
+LISTENER_PROTOCOLS: Final = ("h1", "h1s")
+#: Listener protocols that run over TLS.
+TLS_PROTOCOLS: Final = ("h1s",)
 CLUSTER_PROTOCOLS: Final = ("h1",)
 LB_POLICIES: Final = ("round_robin",)
 LOG_FORMATS: Final = ("json", "text", "plain")
@@ -487,15 +509,43 @@ class _Checker:
         for table in tables:
             name = table.name("name", "listener", seen)
             _, address = table.address("address", allow_port_zero=True)
+            protocol = table.choice("protocol", LISTENER_PROTOCOLS)
             listeners.append(
                 ListenerConfig(
                     name=name,
                     address=address,
-                    protocol=table.choice("protocol", LISTENER_PROTOCOLS),
+                    protocol=protocol,
+                    tls=self._tls(table, protocol),
                     alt_svc=table.field_value("alt_svc"),
                 )
             )
         return tuple(listeners)
+
+    def _tls(self, listener: _Table, protocol: str) -> TlsConfig | None:
+        if protocol not in TLS_PROTOCOLS:
+            if listener.has("tls"):
+                self.fail(listener.path_of("tls"),
+                          f"expected no [tls] table for protocol {protocol!r} "
+                          f"(use one of {', '.join(TLS_PROTOCOLS)} for TLS)")
+            return None
+        if not listener.has("tls"):
+            self.fail(listener.path_of("tls"),
+                      f"expected a [tls] table with certificates for protocol {protocol!r}, "
+                      "got nothing")
+        table = listener.table("tls", TlsConfig)
+        certs = table.tables("certificates", CertificateConfig, required=True)
+        base = os.path.dirname(self.source) if self.source != "<memory>" else ""
+        return TlsConfig(
+            certificates=tuple(
+                CertificateConfig(
+                    cert=os.path.join(base, c.text("cert", expected="a PEM file path")),
+                    key=os.path.join(base, c.text("key", expected="a PEM file path")),
+                )
+                for c in certs
+            ),
+            tls13_only=table.flag("tls13_only"),
+            handshake_timeout=table.seconds("handshake_timeout"),
+        )
 
     def _clusters(self, tables: list[_Table]) -> tuple[ClusterConfig, ...]:
         clusters: list[ClusterConfig] = []

@@ -78,6 +78,9 @@ class Listener:
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if lrt.tls is not None:
+                conn = lrt.tls.context.wrap_socket(conn, server_side=True,
+                                                   do_handshake_on_connect=False)
             peer = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
             DownstreamConnection(rt, lrt, conn, peer)
 

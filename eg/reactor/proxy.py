@@ -30,6 +30,7 @@ from eg.core.message import Message, RequestHead, Reset, ResetCode, Side
 from eg.core.proxy.balance import ClusterState, Endpoint
 from eg.core.proxy.exchange import Exchange
 from eg.reactor.stream import Transport
+from eg.reactor.tls import TlsTransport
 
 if TYPE_CHECKING:
     from eg.reactor.worker import ListenerRuntime, WorkerRuntime
@@ -61,7 +62,8 @@ class DownstreamConnection:
         self._head_started = now
         self.closed = False
         self.timer = rt.loop.timer(self._on_timer, self)
-        self.transport = Transport(rt.loop, sock, self, high=limits.buffer_high,
+        transport = Transport if lrt.tls is None else TlsTransport
+        self.transport = transport(rt.loop, sock, self, high=limits.buffer_high,
                                    limit=limits.buffer_limit)
         rt.connections.add(self)
         lrt.open += 1
@@ -98,6 +100,8 @@ class DownstreamConnection:
             return
         self.closed = True
         self.timer.cancel()
+        if exc is not None and getattr(self.transport, "handshaking", False):
+            self.rt.shard.protocol_error("downstream", "tls_handshake")
         ex = self.exchange
         if ex is not None and not ex.finished:
             ex.request_message(Reset(stream_id=ex.sid, code=ResetCode.CANCEL, side=_DOWN))
@@ -145,6 +149,13 @@ class DownstreamConnection:
         self._since = now
         if ex.finished:
             return
+        if isinstance(self.transport, TlsTransport):
+            sni = self.transport.server_name
+            if sni is not None and _host_of(head.authority) != sni:
+                # RFC 9110 §15.5.20: this connection is not authoritative for that host.
+                ex.fail(EgError("SNI does not match Host", side=_DOWN, status_hint=421,
+                                kind="misdirected"))
+                return
         cluster_name = rt.routes.match(head.authority, head.path)
         if cluster_name is None:
             ex.fail(NoRoute("no route", side=_DOWN))
@@ -312,6 +323,9 @@ class DownstreamConnection:
         t = self.rt.config.timeouts
         ex = self.exchange
         phase = self.codec.phase
+        if getattr(self.transport, "handshaking", False):
+            self.timer.arm(self._since + self.lrt.handshake_timeout)
+            return
         if ex is None:
             if phase == "idle":
                 deadline = self._since + (t.keepalive if self.codec.requests else t.header)
@@ -334,6 +348,10 @@ class DownstreamConnection:
         ex = self.exchange
         phase = self.codec.phase
         shard = self.rt.shard
+        if getattr(self.transport, "handshaking", False):
+            shard.limit_hit("tls_handshake_timeout")
+            self.transport.abort()
+            return
         if ex is None:
             if phase == "idle" and self.codec.requests:
                 self.close()
@@ -523,3 +541,11 @@ class UpstreamConnection:
 
 
 _LIMIT_KINDS = frozenset({"head_size", "header_count", "body_size", "chunk_line"})
+
+
+def _host_of(authority: bytes) -> str:
+    """The lowercase host of an authority, without port or IPv6 brackets."""
+    host = authority.decode("latin-1").lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if ":" in host else host

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from eg.core.metrics import Shard, render
 from eg.reactor.admin import AdminServer, AdminState
 from eg.reactor.listener import bind_listeners
 from eg.reactor.mailbox import Drain, Reload, Stop
+from eg.reactor.tls import ALPN_H1, server_tls
 from eg.reactor.worker import Worker
 
 log = logging.getLogger("eg")
@@ -93,6 +95,13 @@ def _serve(config: Config, config_path: str | None, gil: bool) -> int:
     obs = config.observability
     cpus = worker_cpus(config)
     count = len(cpus)
+    for lc in config.listeners:
+        if lc.tls is not None:
+            try:
+                server_tls(lc.tls, alpn=ALPN_H1)
+            except (OSError, ssl.SSLError) as exc:
+                log.error(f"listener {lc.name}: cannot load its certificates: {exc}")
+                return 1
     try:
         bound = {lc.name: bind_listeners(lc.address, count) for lc in config.listeners}
     except OSError as exc:

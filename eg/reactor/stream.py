@@ -151,16 +151,10 @@ class Transport:
         if not total:
             return
         try:
-            sent = (
-                self.sock.sendmsg(chunks)
-                if len(chunks) <= IOV_MAX
-                else self.sock.sendmsg(chunks[:IOV_MAX])
-            )
+            sent = self._send(chunks)
         except OSError as exc:
-            if exc.errno not in _RETRY:
-                self._teardown(exc)
-                return
-            sent = 0
+            self._teardown(exc)
+            return
         if sent == total:
             return
         for chunk in chunks:
@@ -176,6 +170,19 @@ class Transport:
             self.buffered += len(view)
         self._after_buffering()
 
+    def _send(self, chunks: list[bytes | memoryview] | list[memoryview]) -> int:
+        """Write what the socket takes now: bytes sent, 0 if it would block.
+
+        Raises:
+            OSError: the connection failed.
+        """
+        try:
+            return self.sock.sendmsg(chunks if len(chunks) <= IOV_MAX else chunks[:IOV_MAX])
+        except OSError as exc:
+            if exc.errno in _RETRY:
+                return 0
+            raise
+
     def _after_buffering(self) -> None:
         if self.buffered > self._limit:
             self.abort()
@@ -189,15 +196,16 @@ class Transport:
         pending = self._pending
         while pending:
             batch = (
-                list(pending) if len(pending) <= IOV_MAX else [pending[i] for i in range(IOV_MAX)]
+                list(pending) if len(pending) <= IOV_MAX
+                else [pending[i] for i in range(IOV_MAX)]
             )
             try:
-                sent = self.sock.sendmsg(batch)
+                sent = self._send(batch)
             except OSError as exc:
-                if exc.errno in _RETRY:
-                    break
                 self._teardown(exc)
                 return
+            if not sent:
+                break
             self.buffered -= sent
             while sent:
                 head = pending[0]

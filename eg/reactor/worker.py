@@ -29,6 +29,7 @@ from eg.reactor.listener import Listener
 from eg.reactor.loop import EPOLLIN, Guarded, Loop
 from eg.reactor.mailbox import Drain, Mailbox, Reload, Stop
 from eg.reactor.pool import Pool
+from eg.reactor.tls import ALPN_H1, ServerTls, server_tls
 
 log = logging.getLogger("eg.worker")
 
@@ -40,6 +41,8 @@ class ListenerRuntime:
     name: str
     scheme: bytes
     ctx: ExchangeContext
+    tls: ServerTls | None = None
+    handshake_timeout: float = 0.0
     open: int = 0
 
 
@@ -152,8 +155,13 @@ class Worker(threading.Thread):
         )
         loop.after.append(access.flush)
         for lc in config.listeners:
-            lrt = ListenerRuntime(name=lc.name, scheme=b"http",
-                                  ctx=exchange_context(config, b"http"))
+            scheme = b"https" if lc.tls is not None else b"http"
+            lrt = ListenerRuntime(name=lc.name, scheme=scheme,
+                                  ctx=exchange_context(config, scheme))
+            if lc.tls is not None:
+                # This worker's own contexts (validated once by the main thread already).
+                lrt.tls = server_tls(lc.tls, alpn=ALPN_H1)
+                lrt.handshake_timeout = lc.tls.handshake_timeout
             self._listeners.append(Listener(rt, lrt, self.sockets[lc.name]))
         loop.register(self.mailbox.fd, EPOLLIN, _MailboxHandler(self))
         self._rt = rt

@@ -588,7 +588,7 @@ INVALID: list[tuple[str, str, str]] = [
     (
         f"[[listeners]]\nname = 'x'\naddress = '127.0.0.1:80'\nprotocol = 'h9' {MARK}\n",
         "listeners[0].protocol",
-        "expected one of h1, got 'h9'",
+        "expected one of h1, h1s, got 'h9'",
     ),
     (
         f"[[listeners]]\nname = 'x'\naddress = '127.0.0.1:80'\nalt_svc = \"a\\tb\\u0001\" {MARK}\n",
@@ -598,7 +598,7 @@ INVALID: list[tuple[str, str, str]] = [
     (
         f"[[listeners]]\nname = 'x'\naddress = '127.0.0.1:80'\nport = 80 {MARK}\n",
         "listeners[0].port",
-        "unknown key 'port'; expected one of name, address, protocol, alt_svc",
+        "unknown key 'port'; expected one of name, address, protocol, tls, alt_svc",
     ),
     # [[clusters]]
     (
@@ -1030,3 +1030,20 @@ def test_every_schema_field_is_read() -> None:
         for item in dataclasses.fields(schema):
             text = f"[{section}]\n{item.name} = [[]]\n{LISTENER}"
             assert f"{section}.{item.name}: expected" in error_of(text)
+
+
+def test_tls_listener_needs_certificates_and_resolves_paths() -> None:
+    base = '[[listeners]]\nname = "s"\naddress = "127.0.0.1:0"\nprotocol = "h1s"\n'
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.tls: expected a \[tls\] table"):
+        load(base.encode())
+    cfg = load((base + '[listeners.tls]\ncertificates = [{cert = "c.pem", key = "k.pem"}]\n'
+                'tls13_only = true\n').encode(), source="/etc/eg/eg.toml")
+    tls = cfg.listeners[0].tls
+    assert tls is not None and tls.tls13_only and tls.handshake_timeout == 5.0
+    assert (tls.certificates[0].cert, tls.certificates[0].key) == ("/etc/eg/c.pem",
+                                                                   "/etc/eg/k.pem")
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.tls: expected no \[tls\] table"):
+        load(base.replace('"h1s"', '"h1"').encode()
+             + b'[listeners.tls]\ncertificates = [{cert = "c", key = "k"}]\n')
+    with pytest.raises(ConfigError, match=r"tls\.certificates"):
+        load((base + "[listeners.tls]\ncertificates = []\n").encode())

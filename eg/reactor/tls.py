@@ -1,0 +1,182 @@
+"""TLS for listeners: server contexts built from config, and a non-blocking transport.
+
+Contexts are built in the main thread before any worker starts (a bad certificate or key
+stops start-up with a clear message, never half-up). Defaults: TLS 1.2 and 1.3, ECDHE
+key exchange with AEAD ciphers only for TLS 1.2 (TLS 1.3 suites are all AEAD), no
+compression or renegotiation; ``tls13_only`` raises the floor to 1.3. With several
+certificates the first is the default and the others are chosen by SNI, matched
+against each certificate's subjectAltName DNS names (``*.`` wildcards included).
+
+The transport drives ``ssl.SSLSocket`` in non-blocking mode from the worker's epoll
+loop: the handshake advances on readiness, ``recv``/``send`` raise SSLWant* instead of
+blocking, and records the TLS layer has already decrypted are drained (``pending()``)
+before waiting on epoll again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eg.core.config import TlsConfig
+from eg.reactor.loop import EPOLLIN, EPOLLOUT, EPOLLRDHUP
+from eg.reactor.stream import RECV_SIZE, Transport
+
+#: TLS 1.2 suites allowed: forward secret (ECDHE) and authenticated encryption only.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+#: ALPN offered by HTTP/1.1-over-TLS listeners.
+ALPN_H1 = ("http/1.1",)
+#: Plaintext bytes handed to SSL_write at once (a few TLS records).
+SEND_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """A listener's TLS setup: the default context and the SNI name table."""
+
+    context: ssl.SSLContext
+    names: tuple[tuple[str, ssl.SSLContext], ...]
+
+
+def _context(cert: str, key: str, *, tls13_only: bool, alpn: Sequence[str]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls13_only else ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def _dns_names(cert: str) -> list[str]:
+    """subjectAltName DNS names of a PEM certificate (lowercase)."""
+    decoded = ssl._ssl._test_decode_cert(cert)  # type: ignore[attr-defined]
+    return [v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS"]
+
+
+def server_tls(config: TlsConfig, *, alpn: Sequence[str]) -> ServerTls:
+    """Build a listener's contexts.
+
+    Raises:
+        OSError / ssl.SSLError: a certificate or key cannot be loaded.
+    """
+    contexts = [
+        (_context(c.cert, c.key, tls13_only=config.tls13_only, alpn=alpn), c.cert)
+        for c in config.certificates
+    ]
+    names = tuple((name, ctx) for ctx, cert in contexts for name in _dns_names(cert))
+    default = contexts[0][0]
+    table = dict(reversed(names))  # first certificate wins a name
+
+    def on_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None,
+               _ctx: ssl.SSLContext) -> None:
+        if not name:
+            return
+        name = name.lower()
+        sock.eg_sni = name  # type: ignore[union-attr]  # read back by server_name()
+        chosen = table.get(name)
+        if chosen is None and "." in name:
+            chosen = table.get("*." + name.split(".", 1)[1])
+        if chosen is not None and chosen is not default:
+            sock.context = chosen
+
+    for ctx, _ in contexts:
+        ctx.sni_callback = on_sni
+    return ServerTls(context=default, names=names)
+
+
+class TlsTransport(Transport):
+    """A server-side TLS connection on the worker's loop (see the module docstring)."""
+
+    __slots__ = ("handshaking",)
+
+    sock: ssl.SSLSocket
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.handshaking = True
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def on_events(self, mask: int) -> None:
+        if self.handshaking:
+            self._handshake()
+            return
+        super().on_events(mask)
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_mask(EPOLLIN | EPOLLRDHUP)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_mask(EPOLLOUT)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._teardown(exc)
+            return
+        self.handshaking = False
+        self._mask = -1  # force the next update to apply
+        self._update_mask()
+        made = getattr(self.protocol, "connection_made", None)
+        if made is not None:
+            made()
+        if not self.closed:
+            self._read()  # the client's first request may have come with its Finished
+
+    def _set_mask(self, mask: int) -> None:
+        if mask != self._mask and not self.closed:
+            self._mask = mask
+            self.loop.modify(self.fd, mask)
+
+    def _update_mask(self) -> None:
+        if not self.handshaking:
+            super()._update_mask()
+
+    def _read(self) -> None:
+        sock = self.sock
+        while not self.closed and self._reading:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except ssl.SSLZeroReturnError:
+                data = b""
+            except OSError as exc:
+                self._teardown(exc)
+                return
+            if not data:
+                self._reading = False
+                self._update_mask()
+                self.protocol.eof_received()
+                return
+            self.protocol.data_received(data)
+            if not sock.pending():
+                return
+
+    def _send(self, chunks: list[bytes | memoryview] | list[memoryview]) -> int:
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(data) > SEND_SIZE:
+            data = memoryview(data)[:SEND_SIZE]
+        try:
+            return self.sock.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+
+    def _teardown(self, exc: BaseException | None) -> None:
+        if not self.closed and exc is None and not self.handshaking:
+            # Best effort close_notify; the peer may already be gone.
+            with contextlib.suppress(OSError, ValueError):
+                self.sock.unwrap()
+        super()._teardown(exc)
+
+    def abort(self) -> None:
+        self.handshaking = True  # an abort sends no close_notify: the peer must see an error
+        super().abort()
+
+    @property
+    def server_name(self) -> str | None:
+        """The SNI name the client sent (lowercase), if any."""
+        name = getattr(self.sock, "eg_sni", None)
+        return name if isinstance(name, str) else None
