@@ -264,7 +264,9 @@ class DownstreamConnection:
             self.transport.abort()
             return
         self.transport.set_reading(codec.wants_read())
-        self._sync_upstream_reading()
+        up = self.upstream
+        if up is not None:
+            up.transport.set_reading(up.codec.wants_read())
         self._arm()
 
     def _sync_upstream_reading(self) -> None:

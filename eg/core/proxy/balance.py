@@ -9,7 +9,7 @@ to contend on, and each worker learns an endpoint's health from its own traffic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eg.core.config import ClusterConfig
 
@@ -23,10 +23,12 @@ class Endpoint:
     weight: int
     failures: int = 0
     ejected_until: float = 0.0
+    #: ``host:port`` (``[v6]:port``): the pool key and the name in logs, computed once.
+    key: str = field(init=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.key = f"{host}:{self.port}"
 
 
 def split_address(address: str) -> tuple[str, int]:
