@@ -18,8 +18,11 @@ from typing import Protocol
 
 from eg.reactor.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop
 
-#: Bytes asked of recv() at once.
-RECV_SIZE = 256 * 1024
+#: Bytes asked of recv() at once. 64 KiB, not more: recv() allocates this much and then
+#: shrinks it, and with 256 KiB the allocator kept the slack (measured: 16 clients
+#: downloading 1 MiB bodies peaked at 127 MB RSS with 256 KiB, 68 MB with 64 KiB, at the
+#: same 600 MB/s).
+RECV_SIZE = 64 * 1024
 #: sendmsg() takes at most IOV_MAX (1024 on Linux) buffers per call.
 IOV_MAX = 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
