@@ -155,6 +155,11 @@ def parse_fields(
     return [(name.lower(), value) for name, value in found]
 
 
+def format_fields(headers: HeaderList) -> bytes:
+    """Serialize fields as ``name: value\\r\\n`` lines (the inverse of ``parse_fields``)."""
+    return b"".join([b"%s: %s\r\n" % pair for pair in headers])
+
+
 def parse_content_length(value: bytes, previous: int | None, side: Side) -> int:
     """Validate one Content-Length value; duplicates must agree exactly.
 

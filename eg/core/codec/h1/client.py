@@ -19,6 +19,7 @@ from eg.core.codec.h1._parse import (
     H1Context,
     check_line_endings,
     connection_tokens,
+    format_fields,
     parse_content_length,
     parse_fields,
 )
@@ -86,7 +87,7 @@ class H1ClientCodec:
             self._send_head(msg)
         elif isinstance(msg, Trailers):
             if self._chunked_req:
-                self._out.append(b"0\r\n%s\r\n" % _fields(msg.headers))
+                self._out.append(b"0\r\n%s\r\n" % format_fields(msg.headers))
             self._req = _DONE
         elif isinstance(msg, Reset):
             self._broken = True
@@ -98,7 +99,7 @@ class H1ClientCodec:
         self._head_method = head.method == b"HEAD"
         lines = [
             b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (head.method, head.path, head.authority),
-            _fields(head.headers),
+            format_fields(head.headers),
         ]
         if head.end_stream:
             if head.method in _BODY_METHODS:
@@ -335,6 +336,3 @@ class H1ClientCodec:
         self._out = []
         return out
 
-
-def _fields(headers: HeaderList) -> bytes:
-    return b"".join([b"%s: %s\r\n" % pair for pair in headers])

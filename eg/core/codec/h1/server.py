@@ -23,6 +23,7 @@ from eg.core.codec.h1._parse import (
     H1Context,
     check_line_endings,
     connection_tokens,
+    format_fields,
     parse_content_length,
     parse_fields,
 )
@@ -360,11 +361,11 @@ class H1ServerCodec:
         if status < 200:
             if self._http_minor == 1 and status != 101:
                 self._out.append(
-                    b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, _fields(msg.headers))
+                    b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, format_fields(msg.headers))
                 )
             return
         no_body = self._head_method or status in (204, 304)
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), _fields(msg.headers)]
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason), format_fields(msg.headers)]
         if no_body:
             self._framing = _NONE
             if msg.content_length is not None and status != 204:
@@ -420,7 +421,7 @@ class H1ServerCodec:
         if self._resp != _SENDING:
             return
         if self._framing == _CHUNKED:
-            self._out.append(b"0\r\n%s\r\n" % _fields(headers))
+            self._out.append(b"0\r\n%s\r\n" % format_fields(headers))
         # Content-Length or close-delimited framing cannot carry trailers: they are dropped.
         self._finish_response()
 
@@ -480,7 +481,3 @@ class H1ServerCodec:
         self._out = []
         return out
 
-
-def _fields(headers: HeaderList) -> bytes:
-    """Serialize fields as ``name: value\\r\\n`` lines."""
-    return b"".join([b"%s: %s\r\n" % pair for pair in headers])
