@@ -7,7 +7,8 @@
   watermarks, flood budgets, error translation.
 - ``_connection.H2Wire``: ``H2Connection`` plus the RFC 9113 behaviours h2 4.4.1 lacks
   (malformed messages and excess streams as stream errors, graceful GOAWAY both ways,
-  header blocks bounded in bytes, connection and stream credit returned separately).
+  header blocks bounded in bytes, connection and stream credit returned separately,
+  frame lengths refused on the frame header).
 - ``_convert``: header blocks to and from RequestHead / ResponseHead / Trailers.
 - ``_context.H2Context``: per-worker limits (each documented with its source) and the
   pre-built h2 configurations.

@@ -48,19 +48,20 @@ from h2.events import (
     PingReceived,
     RemoteSettingsChanged,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import DenialOfServiceError, H2Error, StreamClosedError
+from h2.exceptions import DenialOfServiceError, H2Error
 from hpack.exceptions import HPACKError
 from hyperframe.exceptions import HyperframeError
 
 from eg.core.codec.h2._connection import H2Wire, StreamRejected
 from eg.core.codec.h2._context import H2Context
-from eg.core.codec.h2._convert import trailer_block
+from eg.core.codec.h2._convert import trailer_block, trailer_fields
 from eg.core.errors import EgError, LimitExceeded, ProtocolError
 from eg.core.message import Body, Message, Reset, ResetCode, Side, Trailers
 
-Handler = Callable[[Any, list[Message], float], None]
+type Handler = Callable[[Any, list[Message], float], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,10 +144,8 @@ class _Budget:
         return self.count > self.limit
 
 
-def reset_code(code: int | None) -> ResetCode:
+def reset_code(code: int) -> ResetCode:
     """An HTTP/2 error code as a ResetCode (codes it lacks become the nearest one)."""
-    if code is None:
-        return ResetCode.NO_ERROR
     try:
         return ResetCode(code)
     except ValueError:
@@ -191,6 +190,7 @@ class H2Codec:
             WindowUpdated: self._on_window,
             RemoteSettingsChanged: self._on_settings,
             PingReceived: self._on_ping,
+            TrailersReceived: self._on_trailers,
         }
 
     # -- input ---------------------------------------------------------------------------
@@ -284,12 +284,14 @@ class H2Codec:
         st.received += len(data)
         if end:
             st.in_done = True
+            st.unacked = 0  # the peer is done sending: no stream credit to return
         elif size:
             if st.paused:
                 st.unacked += size
             else:
                 conn.ack_stream(size, sid)
-        msgs.append(Body(stream_id=sid, data=data, end_stream=end))
+        if data or end:
+            msgs.append(Body(stream_id=sid, data=data, end_stream=end))
         if end:
             self._maybe_done(st)
 
@@ -334,10 +336,12 @@ class H2Codec:
         if self._pings.spend(now):
             self._calm_down("pings")
 
-    def _trailers_in(
-        self, st: _Stream, fields: list[Any] | None, msgs: list[Message], now: float
-    ) -> None:
+    def _on_trailers(self, event: TrailersReceived, msgs: list[Message], now: float) -> None:
         """Trailers ended the stream: check the declared length, then pass them on."""
+        st = self._streams.get(event.stream_id)
+        if st is None:
+            return
+        fields = trailer_fields(self._ctx, event.headers)
         length = st.content_length
         if fields is None or (length is not None and st.received != length):
             self._reject_stream(st, msgs, now)
@@ -351,7 +355,7 @@ class H2Codec:
         self._local_error(now)
         del self._streams[st.sid]
         self._drop(st)
-        self._conn.reset_stream(st.sid, ErrorCodes.PROTOCOL_ERROR)
+        self._conn.reset_if_open(st.sid, ErrorCodes.PROTOCOL_ERROR)
         msgs.append(Reset(stream_id=st.sid, code=ResetCode.PROTOCOL_ERROR, side=self._side))
 
     #: Server adapters count peer resets of unanswered streams (Rapid Reset).
@@ -380,10 +384,6 @@ class H2Codec:
                 self._send_reset(msg)
             else:
                 self._send_head(msg)
-        except StreamClosedError:
-            st = self._streams.pop(msg.stream_id, None)
-            if st is not None:
-                self._drop(st)
         except H2Error as exc:
             raise ProtocolError(
                 f"h2 refused {type(msg).__name__}: {exc}", side=Side.INTERNAL,
@@ -414,14 +414,14 @@ class H2Codec:
                     self._maybe_done(st)
                 return
         if size:
-            if st.buffered + size > self._ctx.buffer_limit:
-                self._overflow(st)
             st.buf.append(data)
             st.buffered += size
             self._buffered += size
         if end:
             st.end_pending = True
         self._flush(st)
+        if st.buffered > self._ctx.buffer_limit:
+            self._overflow(st)
 
     def _send_trailers(self, msg: Trailers) -> None:
         st = self._streams.get(msg.stream_id)
@@ -444,13 +444,12 @@ class H2Codec:
         if st is None:
             return
         self._drop(st)
-        if msg.stream_id in self._conn.streams:
-            self._conn.reset_stream(msg.stream_id, int(msg.code))
+        self._conn.reset_if_open(msg.stream_id, int(msg.code))
 
     def _overflow(self, st: _Stream) -> None:
         del self._streams[st.sid]
         self._drop(st)
-        self._conn.reset_stream(st.sid, ErrorCodes.INTERNAL_ERROR)
+        self._conn.reset_if_open(st.sid, ErrorCodes.INTERNAL_ERROR)
         raise LimitExceeded(
             f"stream {st.sid} send buffer over {self._ctx.buffer_limit} bytes",
             side=Side.INTERNAL, status_hint=502, kind="h2_send_buffer",
@@ -562,8 +561,7 @@ class H2Codec:
         if not st.paused and st.unacked:
             size = st.unacked
             st.unacked = 0
-            if not self._dead:
-                self._conn.ack_stream(size, stream_id)
+            self._conn.ack_stream(size, stream_id)
 
     def wants_read(self) -> bool:
         """Read unless closed or too many bytes wait to be taken by ``output()``.
@@ -604,6 +602,7 @@ class H2Codec:
         return len(self._streams)
 
     def statistics(self) -> H2Statistics:
+        """A snapshot for the ``eg_*_buffered_bytes`` gauges and friends."""
         return H2Statistics(
             streams=len(self._streams),
             buffered_bytes=self._buffered,

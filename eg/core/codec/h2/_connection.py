@@ -1,7 +1,7 @@
 """``H2Connection`` with the RFC 9113 behaviours h2 4.4.1 lacks, for both adapters.
 
 h2 gets framing, HPACK, stream states and header validation right, and these adapters
-keep all of that. It differs from RFC 9113 (and from what a proxy needs) in five places,
+keep all of that. It differs from RFC 9113 (and from what a proxy needs) in six places,
 each fixed here by overriding one h2 method. The overrides touch h2 internals, so
 ``pyproject.toml`` pins h2 and ``tests/codec/test_h2_*.py`` pin every behaviour below.
 
@@ -22,6 +22,9 @@ each fixed here by overriding one h2 method. The overrides touch h2 internals, s
 5. **Connection and stream credit are returned separately**, so a paused stream holds
    back only its own window, never the connection's (which would stall every other
    stream on the connection).
+6. **Frame lengths are checked on the frame header.** h2 checks SETTINGS_MAX_FRAME_SIZE
+   only once the whole frame has arrived, so a peer announcing a 16 MiB frame made it
+   buffer up to 16 MiB first; here the 9-byte header is enough to refuse it.
 """
 
 from __future__ import annotations
@@ -38,12 +41,19 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     Event,
+    InformationalResponseReceived,
     PriorityUpdated,
     RequestReceived,
     ResponseReceived,
     StreamReset,
+    TrailersReceived,
 )
-from h2.exceptions import DenialOfServiceError, InvalidBodyLengthError, ProtocolError
+from h2.exceptions import (
+    DenialOfServiceError,
+    FrameTooLargeError,
+    InvalidBodyLengthError,
+    ProtocolError,
+)
 from h2.frame_buffer import FrameBuffer
 from h2.settings import Settings
 from h2.stream import H2Stream, StreamClosedBy, StreamState
@@ -64,6 +74,9 @@ if TYPE_CHECKING:
 # Stream-level failures h2 raises while processing one stream's headers or data. Its
 # subclasses that mean something else (closed streams, flow control, ids) are re-raised.
 _MALFORMED = (ProtocolError, InvalidBodyLengthError)
+_HEADERS_EVENTS = (
+    RequestReceived, ResponseReceived, TrailersReceived, InformationalResponseReceived
+)
 
 
 class StreamRejected(StreamReset):
@@ -71,7 +84,7 @@ class StreamRejected(StreamReset):
 
 
 class H2Wire(H2Connection):
-    """One HTTP/2 connection: h2 plus the five fixes in the module docstring.
+    """One HTTP/2 connection: h2 plus the six fixes in the module docstring.
 
     Args:
         ctx: the worker's limits (SETTINGS values, header block cap, windows).
@@ -105,6 +118,12 @@ class H2Wire(H2Connection):
         data = self._data_to_send
         self._data_to_send = bytearray()
         return data
+
+    def reset_if_open(self, stream_id: int, error_code: int) -> None:
+        """RST_STREAM, unless h2 already considers the stream closed (nothing to reset)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            self.reset_stream(stream_id, error_code)
 
     def send_goaway(self, last_stream_id: int, error_code: int = 0) -> None:
         """Queue a GOAWAY but keep the connection open for streams up to ``last_stream_id``."""
@@ -158,10 +177,10 @@ class H2Wire(H2Connection):
             p_frames, p_events = self._receive_priority_frame(frame)
             first = stream_events[0]
             update = p_events[0]
-            if isinstance(first, RequestReceived | ResponseReceived) and isinstance(
-                update, PriorityUpdated
-            ):
-                first.priority_updated = update
+            # h2's own invariants (it asserts the same in _receive_headers_frame).
+            assert isinstance(first, _HEADERS_EVENTS)
+            assert isinstance(update, PriorityUpdated)
+            first.priority_updated = update
             stream_events.extend(p_events)
             frames.extend(p_frames)
         return frames, events + stream_events
@@ -210,11 +229,19 @@ def _is_malformed(exc: Exception) -> bool:
 
 
 class _BoundedFrameBuffer(FrameBuffer):
-    """h2's frame buffer with a byte cap on HEADERS + CONTINUATION (fix 4)."""
+    """h2's frame buffer with a byte cap on HEADERS + CONTINUATION (fix 4), and the frame
+    length checked as soon as the 9-byte frame header is in (fix 6)."""
 
     def __init__(self, *, server: bool, limit: int) -> None:
         super().__init__(server=server)
         self._limit = limit
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9 and int.from_bytes(data[:3]) > self.max_frame_size:
+            msg = f"frame length {int.from_bytes(data[:3])} over {self.max_frame_size}"
+            raise FrameTooLargeError(msg)
+        return super().__next__()
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         out = super()._update_header_buffer(f)

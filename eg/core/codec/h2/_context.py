@@ -33,8 +33,9 @@ DEFAULT_CONNECTION_WINDOW = 16 * DEFAULT_INITIAL_WINDOW_SIZE
 #: watermark is half of it (STYLE.md §4).
 DEFAULT_BUFFER_HIGH = 64 * 1024
 #: Hard cap of one stream's send buffer (config ``limits.buffer_limit``). Past it the
-#: caller has ignored backpressure: the stream is reset. The same cap on the whole
-#: connection's unsent bytes makes ``wants_read()`` false (reading resumes below half).
+#: caller has ignored backpressure: the stream is reset. Past it for all streams together,
+#: no new stream is taken (server: REFUSED_STREAM; client: ``can_open()`` is false); past
+#: it for bytes not yet taken by ``output()``, ``wants_read()`` is false.
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
 #: HEADERS + CONTINUATION bytes of one encoded header block (MISSION.md, DoS row
 #: "CONTINUATION flood: bounded count and bytes per header block"). h2 already bounds the
@@ -57,8 +58,18 @@ DEFAULT_MAX_PINGS = 50
 FLOOD_WINDOW = 10.0
 
 
+# RFC 9110 §5.6.2 tchar.
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Characters of a host: reg-name / IP-literal / port (RFC 3986 §3.2.2), no "@".
+_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%"
+
+
 class NullLogger(DummyLogger):
-    """The logger h2 calls ~18 times per request: both levels do nothing."""
+    """h2's logger (it logs at nearly every step): both levels do nothing.
+
+    hpack logs on its own, through ``logging`` at module level; see
+    ``bench/codec/h2_cost.py --quiet-hpack``.
+    """
 
     def debug(self, *args: object, **kwargs: object) -> None:
         """Drop the message."""
@@ -77,7 +88,8 @@ class H2Context:
         initial_window_size: stream receive window we advertise.
         connection_window: connection receive window we open at start.
         buffer_high: one stream's send-buffer high watermark (low = high / 2).
-        buffer_limit: one stream's send-buffer cap, and the connection's.
+        buffer_limit: one stream's send-buffer cap, and the connection's (see
+            ``DEFAULT_BUFFER_LIMIT``).
         reject_underscore: reject request header names containing ``_`` (400).
     """
 
@@ -91,6 +103,7 @@ class H2Context:
         "egress_strip",
         "flood_window",
         "header_block_limit",
+        "host_chars",
         "initial_window_size",
         "max_concurrent_streams",
         "max_header_list_size",
@@ -99,6 +112,8 @@ class H2Context:
         "max_peer_resets",
         "max_pings",
         "max_settings",
+        "method_chars",
+        "path_chars",
         "reject_underscore",
         "request_special",
         "response_special",
@@ -133,6 +148,15 @@ class H2Context:
         self.max_settings = DEFAULT_MAX_SETTINGS
         self.max_pings = DEFAULT_MAX_PINGS
         self.flood_window = FLOOD_WINDOW
+        # Character tables for the request line an HTTP/1 upstream will see (h2 only
+        # rejects NUL, CR and LF in values), built here so each worker owns its copies.
+        #: ``:method``: a token (RFC 9110 §9.1, §5.6.2).
+        self.method_chars = bytes(bytearray(_TCHAR))
+        #: ``:path``: visible ASCII only (RFC 9112 §3.2): no space can split a request line.
+        self.path_chars = bytes(range(0x21, 0x7F))
+        #: ``:authority`` / ``host``: reg-name, IP literal and port, no userinfo
+        #: (RFC 3986 §3.2, RFC 9113 §8.3.1).
+        self.host_chars = bytes(bytearray(_HOST_CHARS))
         # Header-name sets, built here so each worker owns its copies (STYLE.md §6).
         #: Request fields the server adapter consumes into RequestHead fields.
         self.request_special = frozenset(

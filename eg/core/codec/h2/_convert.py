@@ -36,6 +36,10 @@ def request_head(
     ``scheme`` is the listener's (what the connection really is); the client's ``:scheme``
     was only checked present by h2, so X-Forwarded-Proto cannot be spoofed through it.
 
+    Beyond h2's validation, the method must be a token, the path visible ASCII starting
+    with ``/`` (or ``*`` for OPTIONS) and the authority a plain host[:port]: an HTTP/1
+    upstream will see them in its request line and Host field.
+
     Returns:
         The head, or ``MALFORMED`` (reset the stream), or an HTTP status to answer with
         instead of forwarding: 400 (``_`` in a name), 405 (CONNECT), 431 (too many fields),
@@ -80,6 +84,17 @@ def request_head(
         return MALFORMED  # declares a body it does not have
     if not authority and host is not None:
         authority = host
+    # h2 has checked presence and CR/LF/NUL; an HTTP/1 upstream also needs a request line
+    # nothing can split: a token method, a visible-ASCII origin-form path, a plain host.
+    if (
+        not method
+        or method.translate(None, ctx.method_chars)
+        or not authority
+        or authority.translate(None, ctx.host_chars)
+        or path.translate(None, ctx.path_chars)
+        or (path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"))
+    ):
+        return MALFORMED
     return RequestHead(
         stream_id=stream_id,
         method=method,

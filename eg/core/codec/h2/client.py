@@ -28,12 +28,11 @@ from h2.events import (
     ConnectionTerminated,
     InformationalResponseReceived,
     ResponseReceived,
-    TrailersReceived,
 )
 
 from eg.core.codec.h2._codec import H2Codec, _Stream, reset_code
 from eg.core.codec.h2._context import H2Context
-from eg.core.codec.h2._convert import request_fields, response_head, trailer_fields
+from eg.core.codec.h2._convert import request_fields, response_head
 from eg.core.errors import Closed, Retry
 from eg.core.message import Message, RequestHead, Reset, ResetCode, Side
 
@@ -56,15 +55,17 @@ class H2ClientCodec(H2Codec):
         handlers = self._handlers
         handlers[ResponseReceived] = self._on_response
         handlers[InformationalResponseReceived] = self._on_response
-        handlers[TrailersReceived] = self._on_trailers
         handlers[ConnectionTerminated] = self._on_goaway
 
     # -- streams -------------------------------------------------------------------------
 
     def can_open(self) -> bool:
         """Whether another stream may start now: no GOAWAY either way, below both
-        concurrency limits, stream ids left."""
+        concurrency limits, stream ids left, and the send buffers together under
+        ``buffer_limit`` (a connection the upstream is not reading from takes no more)."""
         if self._closed or self._goaway_sent or self._goaway_received is not None:
+            return False
+        if self._buffered > self._ctx.buffer_limit:
             return False
         limit = min(
             self._ctx.max_concurrent_streams,
@@ -149,11 +150,6 @@ class H2ClientCodec(H2Codec):
         msgs.append(head)
         if end:
             self._maybe_done(st)
-
-    def _on_trailers(self, event: TrailersReceived, msgs: list[Message], now: float) -> None:
-        st = self._streams.get(event.stream_id)
-        if st is not None:
-            self._trailers_in(st, trailer_fields(self._ctx, event.headers), msgs, now)
 
     def _on_goaway(self, event: ConnectionTerminated, msgs: list[Message], now: float) -> None:
         last = event.last_stream_id or 0

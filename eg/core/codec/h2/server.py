@@ -25,13 +25,16 @@ forward get a short answer from here: ``_`` in a field name 400, CONNECT 405, mo
 
 Drain: ``goaway()`` sends GOAWAY(NO_ERROR) naming the last stream seen; later streams
 are refused (REFUSED_STREAM, so clients retry elsewhere) and ``wants_close()`` turns true
-once the streams in flight have finished.
+once the streams in flight have finished. New streams are also refused while the
+connection's send buffers together hold more than ``buffer_limit`` bytes the client has
+not made window for: the socket keeps being read (the WINDOW_UPDATEs that release those
+bytes arrive on it) but the client cannot make us buffer more by opening streams.
 """
 
 from __future__ import annotations
 
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, RequestReceived, TrailersReceived
+from h2.events import ConnectionTerminated, RequestReceived
 
 from eg.core.codec.h2._codec import H2Codec, _Stream, reset_code
 from eg.core.codec.h2._context import H2Context
@@ -39,7 +42,6 @@ from eg.core.codec.h2._convert import (
     MALFORMED,
     request_head,
     response_fields,
-    trailer_fields,
 )
 from eg.core.message import Message, Reset, ResponseHead, Side
 
@@ -64,7 +66,6 @@ class H2ServerCodec(H2Codec):
         self.requests = 0
         handlers = self._handlers
         handlers[RequestReceived] = self._on_request
-        handlers[TrailersReceived] = self._on_trailers
         handlers[ConnectionTerminated] = self._on_goaway
 
     # -- input ---------------------------------------------------------------------------
@@ -73,7 +74,9 @@ class H2ServerCodec(H2Codec):
         sid = event.stream_id
         conn = self._conn
         last = self._last_accepted
-        if last is not None and sid > last:
+        if (last is not None and sid > last) or self._buffered > self._ctx.buffer_limit:
+            # Draining, or the client is not reading what we already have for it: refuse
+            # (REFUSED_STREAM: it was not processed, the client may retry).
             conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
         end = event.stream_ended is not None
@@ -96,11 +99,6 @@ class H2ServerCodec(H2Codec):
         self._streams[sid] = st
         self.requests += 1
         msgs.append(head)
-
-    def _on_trailers(self, event: TrailersReceived, msgs: list[Message], now: float) -> None:
-        st = self._streams.get(event.stream_id)
-        if st is not None:
-            self._trailers_in(st, trailer_fields(self._ctx, event.headers), msgs, now)
 
     def _on_goaway(self, event: ConnectionTerminated, msgs: list[Message], now: float) -> None:
         """The client will open no more streams; with an error code it is going away."""
@@ -135,8 +133,7 @@ class H2ServerCodec(H2Codec):
     def _end_early(self, st: _Stream) -> bool:
         # The response is complete but the request body is still coming: tell the client
         # to stop (RST_STREAM NO_ERROR, RFC 9113 §8.1) and forget the stream.
-        if st.sid in self._conn.streams:
-            self._conn.reset_stream(st.sid, ErrorCodes.NO_ERROR)
+        self._conn.reset_if_open(st.sid, ErrorCodes.NO_ERROR)
         return True
 
     # -- drain ---------------------------------------------------------------------------
