@@ -258,7 +258,7 @@ class DownstreamConnection:
             if codec.aborted:
                 self.transport.abort()
             else:
-                self.transport.close()
+                self._close_after_response()
             return
         if codec.aborted:
             self.transport.abort()
@@ -268,6 +268,14 @@ class DownstreamConnection:
         if up is not None:
             up.transport.set_reading(up.codec.wants_read())
         self._arm()
+
+    def _close_after_response(self) -> None:
+        """Close once the response is out; linger if the client may still be sending."""
+        if self.codec.request_unfinished:
+            self.transport.close(linger=LINGER_BYTES)
+            self.timer.arm(self.rt.loop.now + LINGER_SECONDS)
+        else:
+            self.transport.close()
 
     def _sync_upstream_reading(self) -> None:
         up = self.upstream
@@ -317,7 +325,7 @@ class DownstreamConnection:
         self.codec.error_response(err.status_hint)
         out = self.codec.output()
         self.transport.write(out)
-        self.transport.close()
+        self._close_after_response()
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -345,6 +353,11 @@ class DownstreamConnection:
 
     def _on_timer(self, now: float) -> None:
         if self.closed:
+            return
+        if self.transport.lingering or self.codec.wants_close():
+            # Lingered (or waited for a client that will not read our response) long
+            # enough.
+            self.transport.abort()
             return
         t = self.rt.config.timeouts
         ex = self.exchange
@@ -541,6 +554,11 @@ class UpstreamConnection:
     def abort(self) -> None:
         self.transport.abort()
 
+
+#: Lingering close: at most this many request bytes are read and dropped, for at most
+#: this long, after the final response (nginx: lingering_time 30 s, lingering_timeout 5 s).
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 5.0
 
 _LIMIT_KINDS = frozenset({"head_size", "header_count", "body_size", "chunk_line"})
 

@@ -52,6 +52,8 @@ class Transport:
         "_closing",
         "_high",
         "_limit",
+        "_linger",
+        "_linger_left",
         "_mask",
         "_pending",
         "_reading",
@@ -60,6 +62,7 @@ class Transport:
         "closed",
         "connecting",
         "fd",
+        "lingering",
         "loop",
         "over_high",
         "protocol",
@@ -87,6 +90,10 @@ class Transport:
         self.over_high = False
         self._reading = True
         self._closing = False
+        self._linger = False
+        self._linger_left = 0
+        #: Our side is shut (FIN sent) and what the peer still sends is read and dropped.
+        self.lingering = False
         self.closed = False
         self.connecting = connecting
         self._mask = EPOLLOUT if connecting else EPOLLIN | EPOLLRDHUP
@@ -123,6 +130,9 @@ class Transport:
             self._flush()
 
     def _read(self) -> None:
+        if self.lingering:
+            self._discard()
+            return
         try:
             data = self.sock.recv(RECV_SIZE)
         except OSError as exc:
@@ -224,7 +234,7 @@ class Transport:
             self.over_high = False
             self.protocol.on_write_low()
         if not pending and self._closing:
-            self._teardown(None)
+            self._finish_close()
             return
         self._update_mask()
 
@@ -245,16 +255,55 @@ class Transport:
             self._mask = mask
             self.loop.modify(self.fd, mask)
 
-    def close(self) -> None:
-        """Close once everything buffered has been written."""
-        if self.closed:
-            return
+    def close(self, *, linger: int = 0) -> None:
+        """Close once everything buffered has been written.
+
+        Args:
+            linger: when the peer may still be sending (a request body we will not
+                read), shut our side and drop up to this many more bytes before
+                closing, so its kernel does not answer our last response with a RST
+                that destroys it before the client reads it (nginx's lingering close).
+                The owner bounds the time; 0 closes at once.
+        """
+        if self.closed or self._closing or self.lingering:
+            return  # already closing: the first close decides how
+        self._linger = linger > 0
+        self._linger_left = linger
         if self._pending and not self.connecting:
             self._closing = True
             self._reading = False
             self._update_mask()
             return
-        self._teardown(None)
+        self._finish_close()
+
+    def _finish_close(self) -> None:
+        if not self._linger or self.lingering:
+            self._teardown(None)
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._teardown(None)
+            return
+        self.lingering = True
+        self._closing = False
+        self._reading = True
+        self._update_mask()
+
+    def _discard(self) -> None:
+        """Lingering: drop what the peer still sends; close at its EOF or past the budget."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._teardown(None)
+            return
+        self._linger_left -= len(data)
+        if not data:
+            self._teardown(None)
+        elif self._linger_left < 0:
+            self.abort()
 
     def abort(self) -> None:
         """Close at once with a TCP RST: the peer sees an error, never a clean end."""

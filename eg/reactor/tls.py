@@ -135,6 +135,10 @@ class TlsTransport(Transport):
             super()._update_mask()
 
     def _read(self) -> None:
+        if self.lingering:
+            # shutdown() dropped the TLS layer: what arrives now is discarded unread.
+            self._discard()
+            return
         sock = self.sock
         while not self.closed and self._reading:
             try:

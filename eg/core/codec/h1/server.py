@@ -100,6 +100,11 @@ class H1ServerCodec:
         return "body"
 
     @property
+    def request_unfinished(self) -> bool:
+        """A request body is still (partly) unread: the client may still be sending it."""
+        return self._req in (_BODY_LENGTH, _BODY_CHUNKED)
+
+    @property
     def response_started(self) -> bool:
         return self._resp != _IDLE
 
