@@ -100,7 +100,7 @@ class DownstreamConnection:
             return
         self.closed = True
         self.timer.cancel()
-        if exc is not None and getattr(self.transport, "handshaking", False):
+        if exc is not None and self.transport.handshaking:
             self.rt.shard.protocol_error("downstream", "tls_handshake")
         ex = self.exchange
         if ex is not None and not ex.finished:
@@ -220,8 +220,7 @@ class DownstreamConnection:
         )
         if retryable and self._attempts < 2 and ex.head.end_stream and not ex.response_started:
             # Safe to replay: the request had no body and nothing reached the client.
-            ex.upstream = None
-            ex.phase = "connecting"
+            ex.detach()
             self._connect(up.cluster)
         else:
             ex.fail(err)
@@ -333,7 +332,7 @@ class DownstreamConnection:
         t = self.rt.config.timeouts
         ex = self.exchange
         phase = self.codec.phase
-        if getattr(self.transport, "handshaking", False):
+        if self.transport.handshaking:
             self.timer.arm(self._since + self.lrt.handshake_timeout)
             return
         if ex is None:
@@ -363,7 +362,7 @@ class DownstreamConnection:
         ex = self.exchange
         phase = self.codec.phase
         shard = self.rt.shard
-        if getattr(self.transport, "handshaking", False):
+        if self.transport.handshaking:
             shard.limit_hit("tls_handshake_timeout")
             self.transport.abort()
             return

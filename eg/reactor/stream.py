@@ -62,6 +62,7 @@ class Transport:
         "closed",
         "connecting",
         "fd",
+        "handshaking",
         "lingering",
         "loop",
         "over_high",
@@ -92,6 +93,8 @@ class Transport:
         self._closing = False
         self._linger = False
         self._linger_left = 0
+        #: A TLS handshake is in progress (always False for plain TCP).
+        self.handshaking = False
         #: Our side is shut (FIN sent) and what the peer still sends is read and dropped.
         self.lingering = False
         self.closed = False

@@ -90,13 +90,13 @@ def server_tls(config: TlsConfig, *, alpn: Sequence[str]) -> ServerTls:
 class TlsTransport(Transport):
     """A server-side TLS connection on the worker's loop (see the module docstring)."""
 
-    __slots__ = ("handshaking",)
+    __slots__ = ()
 
     sock: ssl.SSLSocket
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        self.handshaking = True
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.handshaking = True
 
     def on_events(self, mask: int) -> None:
         if self.handshaking:

@@ -73,6 +73,7 @@ class Exchange:
         "bytes_out",
         "ctx",
         "downstream",
+        "finished",
         "head",
         "limit_kind",
         "phase",
@@ -102,6 +103,8 @@ class Exchange:
         self.ctx = ctx
         self.started = now
         self.phase = RECEIVED
+        #: DONE or FAILED: nothing more is forwarded either way.
+        self.finished = False
         self.upstream: ClientCodec | None = None
         self.up_sid = 0
         self.status = 0
@@ -152,10 +155,6 @@ class Exchange:
                 headers.append((b"via", self.ctx.via))
         return headers
 
-    @property
-    def finished(self) -> bool:
-        return self.phase in (DONE, FAILED)
-
     # -- downstream → upstream ---------------------------------------------------------------
 
     def request_message(self, msg: Message) -> None:
@@ -176,6 +175,7 @@ class Exchange:
             self.request_done = True
             self._abort_upstream()
             self.phase = FAILED
+            self.finished = True
             return
         if self.upstream is None:
             self._pending.append(msg)
@@ -187,6 +187,12 @@ class Exchange:
                     self.downstream.pause(self.sid)
             return
         self.upstream.send(_restream(msg, self.up_sid))
+
+    def detach(self) -> None:
+        """Forget a failed upstream attempt (nothing reached the client) to try another."""
+        assert not self.response_started and not self.finished
+        self.upstream = None
+        self.phase = CONNECTING
 
     def attach(self, upstream: ClientCodec) -> None:
         """The upstream connection is ready: send the head and anything queued."""
@@ -262,6 +268,7 @@ class Exchange:
     def _response_end(self) -> None:
         self.response_done = True
         self.phase = DONE
+        self.finished = True
         if not self.request_done:
             # The upstream answered before the request body ended (e.g. an early 4xx):
             # the rest of the request is not forwarded.
@@ -276,6 +283,7 @@ class Exchange:
         if isinstance(err, LimitExceeded) and err.kind in ("body_size", "response_body_size"):
             self.limit_kind = err.kind
         self.phase = FAILED
+        self.finished = True
         self._abort_upstream()
         if self.response_started:
             self.downstream.send(Reset(stream_id=self.sid, code=err.reset_code, side=err.side))
@@ -297,6 +305,7 @@ class Exchange:
         if self.finished:
             return
         self.phase = FAILED
+        self.finished = True
         if self.response_started:
             self.downstream.send(Reset(stream_id=self.sid, code=code, side=Side.UPSTREAM))
         else:
