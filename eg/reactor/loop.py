@@ -21,6 +21,8 @@ from typing import Protocol
 
 #: Most events taken from epoll per wakeup.
 MAX_EVENTS = 1024
+#: Released timer entries tolerated in the heap before it is compacted.
+COMPACT_AT = 1024
 #: Longest sleep when no timer is due (keeps mailbox/drain checks responsive).
 MAX_SLEEP = 1.0
 
@@ -48,7 +50,7 @@ class Handler(Guarded, Protocol):
 class Timer:
     """A re-armable deadline owned by one handler."""
 
-    __slots__ = ("_loop", "callback", "deadline", "owner", "queued_at")
+    __slots__ = ("_loop", "callback", "deadline", "owner", "queued_at", "released")
 
     def __init__(self, loop: Loop, callback: Callable[[float], None], owner: Guarded) -> None:
         self._loop = loop
@@ -58,8 +60,12 @@ class Timer:
         self.deadline: float | None = None
         #: The deadline of this timer's heap entry, if it has one.
         self.queued_at: float | None = None
+        #: The owner is gone; the heap entry only waits to be dropped.
+        self.released = False
 
     def arm(self, deadline: float) -> None:
+        if self.released:
+            return
         self.deadline = deadline
         if self.queued_at is None or deadline < self.queued_at:
             self.queued_at = deadline
@@ -67,6 +73,35 @@ class Timer:
 
     def cancel(self) -> None:
         self.deadline = None
+
+    def release(self) -> None:
+        """The owner closed: drop the references that would keep it alive.
+
+        A lazily cancelled heap entry would otherwise hold the closed connection (through
+        the bound callback) until its old deadline, up to the keep-alive timeout: at a few
+        thousand connections per second that is hundreds of megabytes.
+        """
+        self.deadline = None
+        if not self.released:
+            self.released = True
+            self.callback = _noop
+            self.owner = _NOBODY
+            if self.queued_at is not None:
+                self._loop._released += 1
+
+
+def _noop(now: float) -> None:
+    """The callback of a released timer."""
+
+
+class _Nobody:
+    """The owner of a released timer."""
+
+    def on_crash(self, exc: BaseException) -> None:
+        """Nothing left to close."""
+
+
+_NOBODY = _Nobody()
 
 
 class Loop:
@@ -81,6 +116,8 @@ class Loop:
         self.handlers: dict[int, Handler] = {}
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = 0
+        #: Heap entries of released timers; the heap is compacted when they dominate.
+        self._released = 0
         self._guard = guard
         self._soon: list[Callable[[], None]] = []
         #: Called after every iteration (flush the access log, ...).
@@ -110,6 +147,11 @@ class Loop:
     def _push(self, deadline: float, timer: Timer) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, timer))
+        if self._released > COMPACT_AT and self._released * 2 > len(self._heap):
+            # In place: run_once holds a reference to this list while timers fire.
+            self._heap[:] = [entry for entry in self._heap if not entry[2].released]
+            heapq.heapify(self._heap)
+            self._released = 0
 
     def run_once(self) -> None:
         heap = self._heap
@@ -134,6 +176,9 @@ class Loop:
         while heap and heap[0][0] <= now:
             _, _, timer = heapq.heappop(heap)
             timer.queued_at = None
+            if timer.released:
+                self._released -= 1
+                continue
             deadline = timer.deadline
             if deadline is None:
                 continue

@@ -99,7 +99,7 @@ class DownstreamConnection:
         if self.closed:
             return
         self.closed = True
-        self.timer.cancel()
+        self.timer.release()
         if exc is not None and self.transport.handshaking:
             self.rt.shard.protocol_error("downstream", "tls_handshake")
         ex = self.exchange
@@ -488,7 +488,7 @@ class UpstreamConnection:
         self.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.timer.cancel()
+        self.timer.release()
         self.rt.shard.upstream_conn_closed(self.cluster.name)
         if self.in_pool:
             self.rt.pool.forget(self)
