@@ -181,6 +181,60 @@ def parse_content_length(value: bytes, previous: int | None, side: Side) -> int:
     return length
 
 
+def split_fields(
+    fields: HeaderList, ctx: H1Context, side: Side, *, http10: bool, status_hint: int
+) -> tuple[HeaderList, HeaderList, int | None, bool, bool]:
+    """Separate end-to-end fields from hop-by-hop ones and read the framing from them.
+
+    Content-Length must be digits and agree with itself; Transfer-Encoding must be
+    exactly one ``chunked`` and never appear with Content-Length; Connection decides
+    keep-alive and names more hop-by-hop fields, which are dropped too (RFC 9110 §7.6.1).
+
+    Returns:
+        (end-to-end fields, other hop-by-hop fields such as Host and Expect for the caller,
+        Content-Length or None, chunked, close after this message).
+
+    Raises:
+        ProtocolError: a framing field is invalid (``status_hint`` for transfer codings
+            and CL+TE: 501/400 from a client, 502 from an upstream).
+    """
+    hop = ctx.hop_by_hop
+    # Two comprehensions beat one loop with appends: most fields are end-to-end.
+    headers: HeaderList = [f for f in fields if f[0] not in hop]
+    if len(headers) == len(fields):
+        return headers, [], None, False, http10
+    length: int | None = None
+    chunked = False
+    close = http10
+    other: HeaderList = []
+    for name, value in fields:
+        if name not in hop:
+            continue
+        if name == b"content-length":
+            length = parse_content_length(value, length, side)
+        elif name == b"transfer-encoding":
+            if chunked or value.lower() != b"chunked":
+                raise ProtocolError("unsupported transfer-encoding", side=side,
+                                    status_hint=status_hint, kind="transfer_encoding")
+            chunked = True
+        elif name == b"connection":
+            tokens = connection_tokens(value)
+            if b"close" in tokens:
+                close = True
+            elif b"keep-alive" in tokens and http10:
+                close = False
+            hop = hop | frozenset(t for t in tokens if t != b"close")
+        else:
+            other.append((name, value))
+    if len(hop) != len(ctx.hop_by_hop):
+        headers = [(n, v) for n, v in headers if n not in hop]
+    if chunked and length is not None:
+        raise ProtocolError("Content-Length with Transfer-Encoding", side=side,
+                            status_hint=400 if side is Side.DOWNSTREAM else status_hint,
+                            kind="cl_te")
+    return headers, other, length, chunked, close
+
+
 def connection_tokens(value: bytes) -> list[bytes]:
     """Lowercased tokens of a Connection header."""
     return [t.strip().lower() for t in value.split(b",") if t.strip()]

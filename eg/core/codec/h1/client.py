@@ -18,15 +18,13 @@ from eg.core.codec.h1._parse import (
     ChunkedDecoder,
     H1Context,
     check_line_endings,
-    connection_tokens,
     format_fields,
-    parse_content_length,
     parse_fields,
+    split_fields,
 )
 from eg.core.errors import Broken, EgError, LimitExceeded, ProtocolError
 from eg.core.message import (
     Body,
-    HeaderList,
     Message,
     RequestHead,
     Reset,
@@ -228,33 +226,8 @@ class H1ClientCodec:
             raise ProtocolError("invalid status code", side=_UP, status_hint=502,
                                 kind="status_line")
         fields = parse_fields(lines, 1, ctx, _UP, request=False)
-        length: int | None = None
-        chunked = False
-        close = version == b"HTTP/1.0 "
-        hop = ctx.hop_by_hop
-        # Two comprehensions beat one loop with appends: most fields are end-to-end.
-        headers: HeaderList = [f for f in fields if f[0] not in hop]
-        special = [f for f in fields if f[0] in hop] if len(headers) != len(fields) else []
-        for name, value in special:
-            if name == b"content-length":
-                length = parse_content_length(value, length, _UP)
-            elif name == b"transfer-encoding":
-                if chunked or value.lower() != b"chunked":
-                    raise ProtocolError("unsupported transfer-encoding", side=_UP,
-                                        status_hint=502, kind="transfer_encoding")
-                chunked = True
-            elif name == b"connection":
-                tokens = connection_tokens(value)
-                if b"close" in tokens:
-                    close = True
-                elif b"keep-alive" in tokens and version == b"HTTP/1.0 ":
-                    close = False
-                hop = hop | frozenset(t for t in tokens if t != b"close")
-        if len(hop) != len(ctx.hop_by_hop):
-            headers = [(n, v) for n, v in headers if n not in hop]
-        if chunked and length is not None:
-            raise ProtocolError("Content-Length with Transfer-Encoding", side=_UP,
-                                status_hint=502, kind="cl_te")
+        headers, _, length, chunked, close = split_fields(
+            fields, ctx, _UP, http10=version == b"HTTP/1.0 ", status_hint=502)
         sid = self._stream_id
         if status < 200:
             # Informational: the final head follows. 101 (upgrade) is not proxied here.

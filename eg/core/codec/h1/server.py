@@ -22,10 +22,9 @@ from eg.core.codec.h1._parse import (
     ChunkedDecoder,
     H1Context,
     check_line_endings,
-    connection_tokens,
     format_fields,
-    parse_content_length,
     parse_fields,
+    split_fields,
 )
 from eg.core.errors import EgError, LimitExceeded, ProtocolError
 from eg.core.message import (
@@ -227,45 +226,20 @@ class H1ServerCodec:
             raise ProtocolError("invalid request target", side=_DOWN, kind="target")
         fields = parse_fields(lines, 1, ctx, _DOWN, request=True)
 
+        headers, other, length, chunked, close = split_fields(
+            fields, ctx, _DOWN, http10=minor == 0, status_hint=501)
         host: bytes | None = None
         hosts = 0
-        length: int | None = None
-        chunked = False
-        close = minor == 0
         expect = False
-        hop = ctx.hop_by_hop
-        # Two comprehensions beat one loop with appends: most fields are end-to-end.
-        headers: HeaderList = [f for f in fields if f[0] not in hop]
-        special = [f for f in fields if f[0] in hop] if len(headers) != len(fields) else []
-        for name, value in special:
+        for name, value in other:
             if name == b"host":
                 host = value
                 hosts += 1
-            elif name == b"content-length":
-                length = parse_content_length(value, length, _DOWN)
-            elif name == b"transfer-encoding":
-                if chunked or value.lower() != b"chunked":
-                    raise ProtocolError("unsupported transfer-encoding", side=_DOWN,
-                                        status_hint=501, kind="transfer_encoding")
-                chunked = True
-            elif name == b"connection":
-                tokens = connection_tokens(value)
-                if b"close" in tokens:
-                    close = True
-                elif b"keep-alive" in tokens and minor == 0:
-                    close = False
-                hop = hop | frozenset(t for t in tokens if t != b"close")
             elif name == b"expect":
                 if value.lower() != b"100-continue":
                     raise ProtocolError("unsupported expectation", side=_DOWN,
                                         status_hint=417, kind="expect")
                 expect = minor == 1
-        if len(hop) != len(ctx.hop_by_hop):
-            # Connection named extra hop-by-hop headers: drop them too (RFC 9110 §7.6.1).
-            headers = [(n, v) for n, v in headers if n not in hop]
-        if chunked and length is not None:
-            raise ProtocolError("Content-Length with Transfer-Encoding", side=_DOWN,
-                                kind="cl_te")
         if hosts > 1 or (minor == 1 and hosts == 0):
             raise ProtocolError("missing or repeated Host", side=_DOWN, kind="host")
         if host is not None and host.translate(None, self._host_chars):
