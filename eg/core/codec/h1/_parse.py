@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from eg.core.errors import LimitExceeded, ProtocolError
-from eg.core.message import HeaderList, Side
+from eg.core.message import Body, HeaderList, Message, Side, Trailers
 
 # RFC 9110 §5.6.2 tchar.
 _TCHAR = b"!#$%&'*+-.^`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
@@ -240,6 +240,20 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
+def length_body(data: bytes, remaining: int, sid: int, msgs: list[Message]) -> tuple[bytes, int]:
+    """Emit the next slice of a Content-Length body (zero-copy when it is all of ``data``).
+
+    Returns:
+        (the bytes after the body, if it ended inside ``data``; the body bytes still due).
+    """
+    if len(data) <= remaining:
+        remaining -= len(data)
+        msgs.append(Body(stream_id=sid, data=data, end_stream=not remaining))
+        return b"", remaining
+    msgs.append(Body(stream_id=sid, data=memoryview(data)[:remaining], end_stream=True))
+    return data[remaining:], 0
+
+
 class ChunkedDecoder:
     """Incremental chunked transfer-coding decoder (RFC 9112 §7.1).
 
@@ -320,6 +334,24 @@ class ChunkedDecoder:
             if self.state == self.DONE:
                 break
         return out, None, pos
+
+    def messages(self, data: bytes, sid: int, msgs: list[Message]) -> bytes | None:
+        """Decode ``data`` into Body / Trailers messages for stream ``sid``.
+
+        Returns:
+            None while the body goes on (all of ``data`` was consumed), else the bytes
+            after its end; the last message then carries the end of the stream.
+        """
+        slices, trailers, used = self.feed(data)
+        for piece in slices:
+            msgs.append(Body(stream_id=sid, data=piece, end_stream=False))
+        if trailers is None:
+            return None
+        if trailers:
+            msgs.append(Trailers(stream_id=sid, headers=trailers))
+        else:
+            msgs.append(Body(stream_id=sid, data=b"", end_stream=True))
+        return data[used:]
 
     def _take_line(self, data: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
         """Take one CRLF-terminated line, buffering a partial one; enforce the line cap."""

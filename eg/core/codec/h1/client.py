@@ -19,6 +19,7 @@ from eg.core.codec.h1._parse import (
     H1Context,
     check_line_endings,
     format_fields,
+    length_body,
     parse_fields,
     split_fields,
 )
@@ -157,23 +158,20 @@ class H1ClientCodec:
                     msgs.append(self._parse_head(data[:end]))
                     data = data[end + 4 :]
                 elif state == _LENGTH:
-                    take = self._remaining
-                    sid = self._stream_id
-                    if len(data) <= take:
-                        self._remaining -= len(data)
-                        done = not self._remaining
-                        msgs.append(Body(stream_id=sid, data=data, end_stream=done))
-                        data = b""
-                    else:
-                        msgs.append(
-                            Body(stream_id=sid, data=memoryview(data)[:take], end_stream=True)
-                        )
-                        data = data[take:]
-                        done = True
-                    if done:
+                    data, self._remaining = length_body(
+                        data, self._remaining, self._stream_id, msgs)
+                    if not self._remaining:
                         self._resp = _RDONE
                 elif state == _CHUNKED:
-                    data = self._feed_chunked(data, msgs)
+                    decoder = self._chunked
+                    assert decoder is not None
+                    rest = decoder.messages(data, self._stream_id, msgs)
+                    if rest is None:
+                        data = b""
+                    else:
+                        data = rest
+                        self._resp = _RDONE
+                        self._chunked = None
                 elif state == _UNTIL_CLOSE:
                     msgs.append(Body(stream_id=self._stream_id, data=data, end_stream=False))
                     data = b""
@@ -188,23 +186,6 @@ class H1ClientCodec:
             exc.status_hint = 502
             raise
         return msgs
-
-    def _feed_chunked(self, data: bytes, msgs: list[Message]) -> bytes:
-        decoder = self._chunked
-        assert decoder is not None
-        slices, trailers, used = decoder.feed(data)
-        sid = self._stream_id
-        for piece in slices:
-            msgs.append(Body(stream_id=sid, data=piece, end_stream=False))
-        if trailers is None:
-            return b""
-        self._resp = _RDONE
-        self._chunked = None
-        if trailers:
-            msgs.append(Trailers(stream_id=sid, headers=trailers))
-        else:
-            msgs.append(Body(stream_id=sid, data=b"", end_stream=True))
-        return data[used:]
 
     def _parse_head(self, head: bytes) -> ResponseHead:
         ctx = self._ctx

@@ -23,6 +23,7 @@ from eg.core.codec.h1._parse import (
     H1Context,
     check_line_endings,
     format_fields,
+    length_body,
     parse_fields,
     split_fields,
 )
@@ -142,27 +143,20 @@ class H1ServerCodec:
                     msgs.append(self._parse_head(data[:end]))
                     data = data[end + 4 :]
                 elif req == _BODY_LENGTH:
-                    take = self._remaining
-                    if len(data) <= take:
-                        self._remaining -= len(data)
-                        done = not self._remaining
-                        msgs.append(Body(stream_id=self._stream_id, data=data, end_stream=done))
-                        data = b""
-                    else:
-                        msgs.append(
-                            Body(
-                                stream_id=self._stream_id,
-                                data=memoryview(data)[:take],
-                                end_stream=True,
-                            )
-                        )
-                        data = data[take:]
-                        self._remaining = 0
-                        done = True
-                    if done:
+                    data, self._remaining = length_body(
+                        data, self._remaining, self._stream_id, msgs)
+                    if not self._remaining:
                         self._req = _DONE
                 elif req == _BODY_CHUNKED:
-                    data = self._feed_chunked(data, msgs)
+                    decoder = self._chunked
+                    assert decoder is not None
+                    rest = decoder.messages(data, self._stream_id, msgs)
+                    if rest is None:
+                        data = b""
+                    else:
+                        data = rest
+                        self._req = _DONE
+                        self._chunked = None
                 else:
                     break
         except EgError:
@@ -172,23 +166,6 @@ class H1ServerCodec:
             # Pipelined bytes wait here; past one head's worth wants_read() stops reading.
             self._buf = bytes(data)
         return msgs
-
-    def _feed_chunked(self, data: bytes, msgs: list[Message]) -> bytes:
-        decoder = self._chunked
-        assert decoder is not None
-        slices, trailers, used = decoder.feed(data)
-        sid = self._stream_id
-        for piece in slices:
-            msgs.append(Body(stream_id=sid, data=piece, end_stream=False))
-        if trailers is None:
-            return data[used:] if used < len(data) else b""
-        self._req = _DONE
-        self._chunked = None
-        if trailers:
-            msgs.append(Trailers(stream_id=sid, headers=trailers))
-        else:
-            msgs.append(Body(stream_id=sid, data=b"", end_stream=True))
-        return data[used:]
 
     def _incomplete_head(self, data: bytes) -> None:
         if len(data) > self._ctx.max_head_size:
