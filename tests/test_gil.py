@@ -19,7 +19,9 @@ import sysconfig
 MODULES = (
     "eg.reactor.server",
     "eg.reactor.worker",
-    "eg.reactor.proxy",
+    "eg.reactor.h1",
+    "eg.reactor.h2",
+    "eg.reactor.leg",
     "eg.core.codec.h1.server",
     "h11",
     "h2.connection",

@@ -42,6 +42,9 @@ CORE_FORBIDDEN = (
 #: Rule (b): protocol libraries, and the only place allowed to import them.
 PROTOCOL_LIBS = ("h11", "h2", "hpack", "hyperframe", "qh3")
 CODEC_DIR = "eg/core/codec/"
+#: Demo and test peers (origins) are not part of the serving process; they may use
+#: protocol libraries directly.
+PEER_DIR = "eg/demo/"
 #: Rule (c).
 XDP_LIBS = ("pyroute2",)
 XDP_ATTACH = "eg/xdp/attach.py"
@@ -131,7 +134,8 @@ def import_violations(paths: list[Path], root: Path = ROOT) -> list[str]:
             found: list[str] = []
             if rel.startswith("eg/core/") and (hit := _matches(imp.module, CORE_FORBIDDEN)):
                 found.append(f"eg/core is sans-I/O but imports {hit}")
-            if not rel.startswith(CODEC_DIR) and (hit := _matches(imp.module, PROTOCOL_LIBS)):
+            if not rel.startswith((CODEC_DIR, PEER_DIR)) and \
+                    (hit := _matches(imp.module, PROTOCOL_LIBS)):
                 found.append(f"imports {hit}; only {CODEC_DIR}** may")
             if rel != XDP_ATTACH and (hit := _matches(imp.module, XDP_LIBS)):
                 found.append(f"imports {hit}; only {XDP_ATTACH} may")

@@ -8,7 +8,7 @@ free-threaded CPython: nothing mutable, and nothing hot, is shared between threa
 whose message names the file, the line, the dotted key path, what was expected and
 what was found::
 
-    config/bad.toml:7: listeners[0].protocol: expected one of h1, got 'h9'
+    config/bad.toml:7: listeners[0].protocol: expected one of h1, h1s, h2c, https, got 'h9'
 
 Validation is strict: unknown keys are errors (a typo must not silently fall back to a
 default), booleans are not integers, sizes and timeouts are positive, addresses are
@@ -105,6 +105,25 @@ class TimeoutsConfig:
     drain_settle: float = 0.0
     """Graceful shutdown: seconds between /readyz turning 503 and the listeners closing,
     so load balancers and Kubernetes stop sending new connections first (0 = none)."""
+    grpc_max: float = 300.0
+    """Longest gRPC call: a client's ``grpc-timeout`` is clamped to it, and a call without
+    one gets it (DEADLINE_EXCEEDED past it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Http2Config:
+    max_concurrent_streams: int = 256
+    """SETTINGS_MAX_CONCURRENT_STREAMS we advertise; also the most streams eg opens on one
+    upstream connection (REFUSED_STREAM past it)."""
+    max_header_list_size: int = 64 * 1024
+    """SETTINGS_MAX_HEADER_LIST_SIZE: decoded header bytes per block (HPACK-bomb cap)."""
+    initial_window_size: int = 64 * 1024
+    """Stream receive window we advertise; what a paused stream may still be sent."""
+    zero_window_timeout: float = 30.0
+    """Bytes waiting this long for a peer that never opens its window close the
+    connection (GOAWAY ENHANCE_YOUR_CALM); a PING goes out half-way."""
+    max_glitches: int = 200
+    """Weighted protocol oddities per 60 s before GOAWAY ENHANCE_YOUR_CALM."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,9 +161,10 @@ class ListenerConfig:
     address: str
     """host:port ([v6]:port); port 0 picks a free port (tests)."""
     protocol: str = "h1"
-    """h1 (cleartext HTTP/1.1) or h1s (HTTP/1.1 over TLS; needs ``tls``)."""
+    """h1 (cleartext HTTP/1.1), h2c (cleartext HTTP/2 with prior knowledge), https
+    (TLS; ALPN picks h2 or http/1.1) or h1s (TLS; HTTP/1.1 only). TLS ones need ``tls``."""
     tls: TlsConfig | None = None
-    """Certificates and TLS settings; required by h1s, refused by h1."""
+    """Certificates and TLS settings; required by https and h1s, refused otherwise."""
     alt_svc: str = ""
     """Alt-Svc header value added to responses on this listener; empty adds none."""
 
@@ -176,6 +196,16 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamTlsConfig:
+    verify: bool = True
+    """Check the endpoint's certificate chain and name; false turns every check off."""
+    ca_file: str = ""
+    """PEM bundle of trusted CAs; empty uses the system trust store."""
+    server_name: str = ""
+    """SNI sent and name checked; empty uses each endpoint's host."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterConfig:
     name: str
     """Unique among clusters; letters, digits, ``_``, ``-`` and ``.``."""
@@ -184,7 +214,11 @@ class ClusterConfig:
     lb: str = "round_robin"
     """Load-balancing policy over the endpoints."""
     protocol: str = "h1"
-    """How eg speaks to the endpoints."""
+    """How eg speaks to the endpoints: h1 (cleartext HTTP/1.1), h1s (HTTP/1.1 over TLS),
+    h2 (HTTP/2 over TLS, ALPN h2) or h2c (cleartext HTTP/2 with prior knowledge)."""
+    tls: UpstreamTlsConfig | None = None
+    """How the endpoints' certificates are checked (h1s and h2; defaults verify against
+    the system trust store and the endpoint host)."""
     pool: PoolConfig = field(default_factory=PoolConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
 
@@ -213,6 +247,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    http2: Http2Config = field(default_factory=Http2Config)
     source: str = "<memory>"
     """Where the config was read from (for messages)."""
 
@@ -220,10 +255,12 @@ class Config:
 # --- validation ---------------------------------------------------------------------------
 
 # Accepted enumerations; each grows as the matching feature lands.
-LISTENER_PROTOCOLS: Final = ("h1", "h1s")
+LISTENER_PROTOCOLS: Final = ("h1", "h1s", "h2c", "https")
 #: Listener protocols that run over TLS.
-TLS_PROTOCOLS: Final = ("h1s",)
-CLUSTER_PROTOCOLS: Final = ("h1",)
+TLS_PROTOCOLS: Final = ("h1s", "https")
+CLUSTER_PROTOCOLS: Final = ("h1", "h1s", "h2", "h2c")
+#: Cluster protocols that run over TLS.
+UPSTREAM_TLS_PROTOCOLS: Final = ("h1s", "h2")
 LB_POLICIES: Final = ("round_robin",)
 LOG_FORMATS: Final = ("json", "text", "plain")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -231,6 +268,8 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 MIN_HEAD_SIZE: Final = 1024
 """Smallest accepted ``limits.max_head_size``: a request line, Host and a few headers."""
 MAX_PORT: Final = 65535
+MAX_H2_WINDOW: Final = 2**31 - 1
+"""RFC 9113 section 6.9.1: the largest flow-control window."""
 MAX_DNS_LABEL: Final = 63
 """RFC 1035 section 2.3.4: a label is at most 63 octets."""
 MAX_DNS_NAME: Final = 253
@@ -411,6 +450,7 @@ class _Checker:
         limits = self._limits(top.table("limits", LimitsConfig))
         timeouts = self._timeouts(top.table("timeouts", TimeoutsConfig))
         proxy = self._proxy(top.table("proxy", ProxyConfig))
+        http2 = self._http2(top.table("http2", Http2Config))
         listeners = self._listeners(top.tables("listeners", ListenerConfig, required=True))
         clusters = self._clusters(top.tables("clusters", ClusterConfig, required=False))
         routes = self._routes(top.tables("routes", RouteConfig, required=False), clusters)
@@ -424,6 +464,7 @@ class _Checker:
             limits=limits,
             timeouts=timeouts,
             proxy=proxy,
+            http2=http2,
             source=self.source,
         )
 
@@ -493,6 +534,20 @@ class _Checker:
             response=table.seconds("response"),
             drain=table.seconds("drain"),
             drain_settle=table.seconds("drain_settle", allow_zero=True),
+            grpc_max=table.seconds("grpc_max"),
+        )
+
+    def _http2(self, table: _Table) -> Http2Config:
+        window = table.integer("initial_window_size", minimum=1)
+        if window > MAX_H2_WINDOW:
+            self.fail(table.path_of("initial_window_size"),
+                      f"expected an integer <= {MAX_H2_WINDOW}, got {window}")
+        return Http2Config(
+            max_concurrent_streams=table.integer("max_concurrent_streams", minimum=1),
+            max_header_list_size=table.integer("max_header_list_size", minimum=MIN_HEAD_SIZE),
+            initial_window_size=window,
+            zero_window_timeout=table.seconds("zero_window_timeout"),
+            max_glitches=table.integer("max_glitches", minimum=1),
         )
 
     def _proxy(self, table: _Table) -> ProxyConfig:
@@ -547,6 +602,24 @@ class _Checker:
             handshake_timeout=table.seconds("handshake_timeout"),
         )
 
+    def _upstream_tls(self, cluster: _Table, protocol: str) -> UpstreamTlsConfig | None:
+        if protocol not in UPSTREAM_TLS_PROTOCOLS:
+            if cluster.has("tls"):
+                self.fail(cluster.path_of("tls"),
+                          f"expected no [tls] table for protocol {protocol!r} "
+                          f"(use one of {', '.join(UPSTREAM_TLS_PROTOCOLS)} for TLS)")
+            return None
+        table = cluster.table("tls", UpstreamTlsConfig)
+        ca_file = table.text("ca_file", expected="a PEM file path")
+        if ca_file:
+            base = os.path.dirname(self.source) if self.source != "<memory>" else ""
+            ca_file = os.path.join(base, ca_file)
+        return UpstreamTlsConfig(
+            verify=table.flag("verify"),
+            ca_file=ca_file,
+            server_name=table.text("server_name", expected="a DNS name"),
+        )
+
     def _clusters(self, tables: list[_Table]) -> tuple[ClusterConfig, ...]:
         clusters: list[ClusterConfig] = []
         seen: dict[str, str] = {}
@@ -555,12 +628,14 @@ class _Checker:
             endpoints = self._endpoints(table)
             pool = table.table("pool", PoolConfig)
             health = table.table("health", HealthConfig)
+            protocol = table.choice("protocol", CLUSTER_PROTOCOLS)
             clusters.append(
                 ClusterConfig(
                     name=name,
                     endpoints=endpoints,
                     lb=table.choice("lb", LB_POLICIES),
-                    protocol=table.choice("protocol", CLUSTER_PROTOCOLS),
+                    protocol=protocol,
+                    tls=self._upstream_tls(table, protocol),
                     pool=PoolConfig(
                         max_idle=pool.integer("max_idle", minimum=0),
                         idle_timeout=pool.seconds("idle_timeout"),

@@ -12,8 +12,9 @@ import socket
 from typing import TYPE_CHECKING
 
 from eg.core.proxy.balance import split_address
+from eg.reactor.h1 import H1DownstreamConnection
+from eg.reactor.h2 import H2DownstreamConnection
 from eg.reactor.loop import EPOLLIN
-from eg.reactor.proxy import DownstreamConnection
 
 if TYPE_CHECKING:
     from eg.reactor.worker import ListenerRuntime, WorkerRuntime
@@ -82,7 +83,10 @@ class Listener:
                 conn = lrt.tls.context.wrap_socket(conn, server_side=True,
                                                    do_handshake_on_connect=False)
             peer = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
-            DownstreamConnection(rt, lrt, conn, peer)
+            if lrt.protocol == "h2c":
+                H2DownstreamConnection(rt, lrt, conn, peer)
+            else:
+                H1DownstreamConnection(rt, lrt, conn, peer)
 
     def on_crash(self, exc: BaseException) -> None:
         """Accepting never crashes for one connection's sake; nothing to close."""

@@ -1,10 +1,17 @@
 """Per-worker upstream connections, keyed by endpoint.
 
-An idle connection is reused only if its codec says it is in sync (previous response
-fully read, keep-alive), it is younger than ``max_age`` and the upstream has not closed
-it (idle connections stay registered for reading: an EOF removes them). The most
-recently used idle connection is taken first (it is the least likely to have been
-closed by the upstream's own keep-alive timeout).
+``lease`` gives a leg somewhere to send its request, by cluster protocol:
+
+* HTTP/1.1 (h1, h1s): an idle pooled connection, else a new one. An idle connection is
+  reused only if its codec says it is in sync (previous response fully read,
+  keep-alive), it is younger than ``max_age`` and the upstream has not closed it (idle
+  connections stay registered for reading: an EOF removes them). The most recently used
+  idle connection is taken first (it is the least likely to have been closed by the
+  upstream's own keep-alive timeout).
+* HTTP/2 (h2, h2c): a stream on a live connection to the endpoint that can open one
+  (below both sides' SETTINGS_MAX_CONCURRENT_STREAMS, no GOAWAY, younger than
+  ``max_age``), else a new connection. Streams from any downstream connection of the
+  worker share these connections; one still connecting takes legs up to its limit.
 """
 
 from __future__ import annotations
@@ -14,18 +21,83 @@ import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
-from eg.core.proxy.balance import Endpoint
+from eg.core.proxy.balance import ClusterState, Endpoint
+from eg.reactor.h1 import H1UpstreamConnection
+from eg.reactor.h2 import H2UpstreamConnection
+from eg.reactor.tls import ALPN_H1, ALPN_H2, client_tls
 
 if TYPE_CHECKING:
-    from eg.reactor.proxy import UpstreamConnection
+    import ssl
+
+    from eg.core.config import ClusterConfig
+    from eg.reactor.leg import Leg, Upstream
+    from eg.reactor.worker import WorkerRuntime
+
+UpstreamConnection = H1UpstreamConnection
 
 
 class Pool:
-    """Idle upstream connections of one worker."""
+    """Upstream connections of one worker (see the module docstring)."""
 
     def __init__(self) -> None:
         self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._h2: dict[str, list[H2UpstreamConnection]] = {}
         self._addresses: dict[str, tuple[int, tuple[str, int]]] = {}
+        #: Upstream TLS contexts of this worker, by cluster name.
+        self._tls: dict[str, ssl.SSLContext] = {}
+        self.rt: WorkerRuntime | None = None
+
+    def set_clusters(self, clusters: tuple[ClusterConfig, ...]) -> None:
+        """Build this worker's upstream TLS contexts (validated by the main thread)."""
+        self._tls = {
+            c.name: client_tls(c.tls, alpn=ALPN_H2 if c.protocol == "h2" else ALPN_H1)
+            for c in clusters if c.tls is not None
+        }
+
+    def lease(
+        self, leg: Leg, cluster: ClusterState, endpoint: Endpoint, *, fresh: bool
+    ) -> tuple[Upstream, bool]:
+        """Somewhere for ``leg``'s request: (upstream, ready now).
+
+        When not ready, the upstream calls ``leg.upstream_ready`` once connected.
+        ``fresh`` skips pooled HTTP/1.1 connections (a retry after a stale one).
+
+        Raises:
+            OSError: a new connection could not even be started.
+        """
+        rt = self.rt
+        assert rt is not None
+        cfg = cluster.config
+        now = rt.loop.now
+        tls = self._tls.get(cfg.name)
+        server_name = ""
+        if tls is not None:
+            assert cfg.tls is not None
+            server_name = cfg.tls.server_name or endpoint.host
+        if cfg.protocol in ("h2", "h2c"):
+            for conn in self._h2.get(endpoint.key, ()):
+                if conn.can_take(now):
+                    rt.shard.upstream_reused(cluster.name)
+                    return conn, conn.add(leg)
+            sock = self.connect(endpoint)
+            h2 = H2UpstreamConnection(rt, cluster, endpoint, sock, tls=tls,
+                                      server_name=server_name)
+            self._h2.setdefault(endpoint.key, []).append(h2)
+            return h2, h2.add(leg)
+        if not fresh:
+            up = self.take(endpoint, now, cfg.pool.max_age)
+            if up is not None:
+                rt.shard.upstream_reused(cluster.name)
+                up.adopt(leg)
+                return up, True
+        sock = self.connect(endpoint)
+        return H1UpstreamConnection(rt, cluster, endpoint, sock, owner=leg, tls=tls,
+                                    server_name=server_name), False
+
+    def forget_h2(self, conn: H2UpstreamConnection) -> None:
+        conns = self._h2.get(conn.endpoint.key)
+        if conns and conn in conns:
+            conns.remove(conn)
 
     def take(self, endpoint: Endpoint, now: float, max_age: float) -> UpstreamConnection | None:
         """An idle, reusable connection to ``endpoint``, or None."""
@@ -55,10 +127,14 @@ class Pool:
         return sum(len(v) for v in self._idle.values())
 
     def close_all(self) -> None:
+        """Close idle connections now; HTTP/2 ones after their streams (GOAWAY)."""
         for idle in list(self._idle.values()):
             for conn in list(idle):
                 conn.close()
         self._idle.clear()
+        for conns in list(self._h2.values()):
+            for h2 in list(conns):
+                h2.retire()
 
     def connect(self, endpoint: Endpoint) -> socket.socket:
         """Start a non-blocking connect; the socket becomes writable when it completes.

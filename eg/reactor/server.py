@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ from eg.core.metrics import Shard, render
 from eg.reactor.admin import AdminServer, AdminState
 from eg.reactor.listener import bind_listeners
 from eg.reactor.mailbox import Drain, Reload, Stop
-from eg.reactor.tls import ALPN_H1, server_tls
+from eg.reactor.tls import check_tls
 from eg.reactor.worker import Worker
 
 log = logging.getLogger("eg")
@@ -95,13 +94,10 @@ def _serve(config: Config, config_path: str | None, gil: bool) -> int:
     obs = config.observability
     cpus = worker_cpus(config)
     count = len(cpus)
-    for lc in config.listeners:
-        if lc.tls is not None:
-            try:
-                server_tls(lc.tls, alpn=ALPN_H1)
-            except (OSError, ssl.SSLError) as exc:
-                log.error(f"listener {lc.name}: cannot load its certificates: {exc}")
-                return 1
+    problem = check_tls(config)
+    if problem is not None:
+        log.error(problem)
+        return 1
     try:
         bound = {lc.name: bind_listeners(lc.address, count) for lc in config.listeners}
     except OSError as exc:
@@ -174,6 +170,10 @@ def _reload(path: str, current: Config, workers: list[Worker]) -> None:
         new = load_file(path)
     except ConfigError as exc:
         log.error(f"reload rejected, keeping the running config: {exc}")
+        return
+    problem = check_tls(new)
+    if problem is not None:
+        log.error(f"reload rejected, keeping the running config: {problem}")
         return
     if new.listeners != current.listeners or new.runtime != current.runtime \
             or new.observability != current.observability:

@@ -156,7 +156,7 @@ class Transport:
         """Send now as much as the socket takes; buffer the rest (bounded)."""
         if self.closed or not chunks:
             return
-        if self._pending or self.connecting:
+        if self._pending or self.connecting or self.handshaking:
             for chunk in chunks:
                 if len(chunk):
                     self._pending.append(memoryview(chunk))

@@ -1,4 +1,4 @@
-"""TLS for listeners: server contexts built from config, and a non-blocking transport.
+"""TLS for listeners and upstreams: contexts built from config, non-blocking transports.
 
 Contexts are built in the main thread before any worker starts (a bad certificate or key
 stops start-up with a clear message, never half-up). Defaults: TLS 1.2 and 1.3, ECDHE
@@ -11,23 +11,35 @@ The transport drives ``ssl.SSLSocket`` in non-blocking mode from the worker's ep
 loop: the handshake advances on readiness, ``recv``/``send`` raise SSLWant* instead of
 blocking, and records the TLS layer has already decrypted are drained (``pending()``)
 before waiting on epoll again.
+
+Upstream contexts verify the endpoint's chain (the configured CA file, else the system
+store) and its name (the configured ``server_name``, else the endpoint host) unless the
+cluster sets ``verify = false``. A failed check ends the connect with the
+``ssl.SSLCertVerificationError`` that says why; the upstream driver reports it as the
+``tls_verify`` backend error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eg.core.config import TlsConfig
-from eg.reactor.loop import EPOLLIN, EPOLLOUT, EPOLLRDHUP
-from eg.reactor.stream import RECV_SIZE, Transport
+from eg.core.config import Config, TlsConfig, UpstreamTlsConfig
+from eg.reactor.loop import EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop
+from eg.reactor.stream import RECV_SIZE, StreamProtocol, Transport
 
 #: TLS 1.2 suites allowed: forward secret (ECDHE) and authenticated encryption only.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-#: ALPN offered by HTTP/1.1-over-TLS listeners.
+#: ALPN offered by HTTP/1.1-over-TLS listeners (and h1s upstreams).
 ALPN_H1 = ("http/1.1",)
+#: ALPN of ``https`` listeners: HTTP/2 preferred, HTTP/1.1 for the clients without it.
+ALPN_HTTPS = ("h2", "http/1.1")
+#: ALPN offered to h2 upstreams (anything else negotiated fails the connect).
+ALPN_H2 = ("h2",)
 #: Plaintext bytes handed to SSL_write at once (a few TLS records).
 SEND_SIZE = 64 * 1024
 
@@ -85,6 +97,54 @@ def server_tls(config: TlsConfig, *, alpn: Sequence[str]) -> ServerTls:
     for ctx, _ in contexts:
         ctx.sni_callback = on_sni
     return ServerTls(context=default, names=names)
+
+
+def client_tls(config: UpstreamTlsConfig, *, alpn: Sequence[str]) -> ssl.SSLContext:
+    """An upstream context (see the module docstring).
+
+    Raises:
+        OSError / ssl.SSLError: the CA file cannot be loaded.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    if config.verify:
+        if config.ca_file:
+            ctx.load_verify_locations(cafile=config.ca_file)
+        else:
+            ctx.load_default_certs()
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def listener_alpn(protocol: str) -> tuple[str, ...]:
+    """ALPN a TLS listener of ``protocol`` offers."""
+    return ALPN_HTTPS if protocol == "https" else ALPN_H1
+
+
+def check_tls(config: Config) -> str | None:
+    """Build every TLS context of ``config`` once; the first failure, or None.
+
+    Run in the main thread before start-up and before a reload is accepted, so a bad
+    certificate, key or CA file is reported at once instead of by every worker.
+    """
+    for lc in config.listeners:
+        if lc.tls is not None:
+            try:
+                server_tls(lc.tls, alpn=listener_alpn(lc.protocol))
+            except (OSError, ssl.SSLError) as exc:
+                return f"listener {lc.name}: cannot load its certificates: {exc}"
+    for cc in config.clusters:
+        if cc.tls is not None:
+            try:
+                client_tls(cc.tls, alpn=ALPN_H1)
+            except (OSError, ssl.SSLError) as exc:
+                return f"cluster {cc.name}: cannot load its CA file: {exc}"
+    return None
 
 
 class TlsTransport(Transport):
@@ -184,3 +244,55 @@ class TlsTransport(Transport):
         """The SNI name the client sent (lowercase), if any."""
         name = getattr(self.sock, "eg_sni", None)
         return name if isinstance(name, str) else None
+
+    @property
+    def alpn(self) -> str | None:
+        """The application protocol ALPN settled on, if any."""
+        return self.sock.selected_alpn_protocol()
+
+
+class ClientTlsTransport(TlsTransport):
+    """An upstream TLS connection: TCP connect, then the client handshake.
+
+    The socket is wrapped once the TCP connect has completed (an ``SSLSocket`` made on
+    a socket still connecting has no TLS state to handshake with).
+    """
+
+    __slots__ = ("_context", "_server_name")
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: StreamProtocol,
+        *,
+        high: int,
+        limit: int,
+        context: ssl.SSLContext,
+        server_name: str,
+    ) -> None:
+        super().__init__(loop, sock, protocol, high=high, limit=limit, connecting=True)
+        self._context = context
+        self._server_name = server_name
+
+    def on_events(self, mask: int) -> None:
+        if self.connecting:
+            self._finish_connect()
+            return
+        super().on_events(mask)
+
+    def _finish_connect(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.connecting = False
+        if err:
+            self._teardown(ConnectionRefusedError(err, errno.errorcode.get(err, str(err))))
+            return
+        try:
+            self.sock = self._context.wrap_socket(
+                self.sock, server_side=False, server_hostname=self._server_name,
+                do_handshake_on_connect=False,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self._teardown(exc)
+            return
+        self._handshake()

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 
 from eg.core.codec.h1._parse import H1Context
+from eg.core.codec.h2._context import H2Context
 from eg.core.config import Config
 from eg.core.metrics import Shard
 from eg.core.proxy.balance import ClusterState
@@ -29,7 +30,7 @@ from eg.reactor.listener import Listener
 from eg.reactor.loop import EPOLLIN, Guarded, Loop
 from eg.reactor.mailbox import Drain, Mailbox, Reload, Stop
 from eg.reactor.pool import Pool
-from eg.reactor.tls import ALPN_H1, ServerTls, server_tls
+from eg.reactor.tls import ServerTls, listener_alpn, server_tls
 
 log = logging.getLogger("eg.worker")
 
@@ -39,6 +40,7 @@ class ListenerRuntime:
     """Per-worker state of one listener."""
 
     name: str
+    protocol: str
     scheme: bytes
     ctx: ExchangeContext
     tls: ServerTls | None = None
@@ -56,6 +58,7 @@ class WorkerRuntime:
     shard: Shard
     access_log: AccessLog
     h1: H1Context
+    h2: H2Context
     routes: RouteTable
     clusters: dict[str, ClusterState]
     pool: Pool = field(default_factory=Pool)
@@ -68,6 +71,8 @@ class WorkerRuntime:
         self.routes = RouteTable(config.routes)
         self.clusters = _clusters(config, self.index)
         self.h1 = _h1_context(config)
+        self.h2 = _h2_context(config)
+        self.pool.set_clusters(config.clusters)
 
 
 def _clusters(config: Config, index: int) -> dict[str, ClusterState]:
@@ -77,6 +82,18 @@ def _clusters(config: Config, index: int) -> dict[str, ClusterState]:
 def _h1_context(config: Config) -> H1Context:
     return H1Context(max_head_size=config.limits.max_head_size,
                      max_headers=config.limits.max_headers)
+
+
+def _h2_context(config: Config) -> H2Context:
+    limits = config.limits
+    h2 = config.http2
+    return H2Context(
+        max_concurrent_streams=h2.max_concurrent_streams,
+        max_header_list_size=h2.max_header_list_size, max_headers=limits.max_headers,
+        initial_window_size=h2.initial_window_size, buffer_high=limits.buffer_high,
+        buffer_limit=limits.buffer_limit, zero_window_timeout=h2.zero_window_timeout,
+        max_glitches=h2.max_glitches,
+    )
 
 
 def exchange_context(config: Config, scheme: bytes) -> ExchangeContext:
@@ -150,17 +167,19 @@ class Worker(threading.Thread):
         access = AccessLog(obs.log_format, enabled=obs.access_log)
         rt = WorkerRuntime(
             index=self.index, config=config, loop=loop, shard=self.shard, access_log=access,
-            h1=_h1_context(config), routes=RouteTable(config.routes),
+            h1=_h1_context(config), h2=_h2_context(config), routes=RouteTable(config.routes),
             clusters=_clusters(config, self.index),
         )
+        rt.pool.rt = rt
+        rt.pool.set_clusters(config.clusters)
         loop.after.append(access.flush)
         for lc in config.listeners:
             scheme = b"https" if lc.tls is not None else b"http"
-            lrt = ListenerRuntime(name=lc.name, scheme=scheme,
+            lrt = ListenerRuntime(name=lc.name, protocol=lc.protocol, scheme=scheme,
                                   ctx=exchange_context(config, scheme))
             if lc.tls is not None:
                 # This worker's own contexts (validated once by the main thread already).
-                lrt.tls = server_tls(lc.tls, alpn=ALPN_H1)
+                lrt.tls = server_tls(lc.tls, alpn=listener_alpn(lc.protocol))
                 lrt.handshake_timeout = lc.tls.handshake_timeout
             self._listeners.append(Listener(rt, lrt, self.sockets[lc.name]))
         loop.register(self.mailbox.fd, EPOLLIN, _MailboxHandler(self))
@@ -206,7 +225,7 @@ class Worker(threading.Thread):
             listener.close()
         aborted = 0
         for conn in list(rt.connections):
-            if getattr(conn, "exchange", None) is not None:
+            if getattr(conn, "busy", False):
                 aborted += 1
             conn.on_crash(RuntimeError("shutdown"))  # type: ignore[attr-defined]
         self.aborted_on_stop = aborted

@@ -209,7 +209,11 @@ class Gateway:
             for record in self.records():
                 if record.get("msg") == "eg started":
                     self.started = record
-                    self.port = int(record["listeners"]["http"].rsplit(":", 1)[1])
+                    #: Port of each listener, by name; ``port`` is the one named "http"
+                    #: (else the first).
+                    self.ports = {name: int(address.rsplit(":", 1)[1])
+                                  for name, address in record["listeners"].items()}
+                    self.port = self.ports.get("http") or next(iter(self.ports.values()))
                     self.admin_port = int(record["admin"].rsplit(":", 1)[1])
                     return
             if self.proc.poll() is not None:

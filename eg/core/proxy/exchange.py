@@ -36,6 +36,7 @@ from eg.core.message import (
     Side,
     Trailers,
 )
+from eg.core.proxy import grpc
 
 RECEIVED, CONNECTING, FORWARDING, DONE, FAILED = "received", "connecting", "forwarding", \
     "done", "failed"
@@ -74,6 +75,7 @@ class Exchange:
         "ctx",
         "downstream",
         "finished",
+        "grpc",
         "head",
         "limit_kind",
         "phase",
@@ -96,8 +98,11 @@ class Exchange:
         ctx: ExchangeContext,
         client: bytes,
         now: float,
+        grpc: bool = False,
     ) -> None:
         self.head = head
+        #: A gRPC call: eg's own failures are answered with grpc-status (``grpc.py``).
+        self.grpc = grpc
         self.sid = head.stream_id
         self.downstream = downstream
         self.ctx = ctx
@@ -288,6 +293,9 @@ class Exchange:
         if self.response_started:
             self.downstream.send(Reset(stream_id=self.sid, code=err.reset_code, side=err.side))
             return
+        if self.grpc:
+            self._grpc_error(grpc.status_for(err), str(err) or err.kind)
+            return
         status = err.status_hint
         self.status = status
         self.response_started = True
@@ -308,6 +316,8 @@ class Exchange:
         self.finished = True
         if self.response_started:
             self.downstream.send(Reset(stream_id=self.sid, code=code, side=Side.UPSTREAM))
+        elif self.grpc:
+            self._grpc_error(grpc.UNAVAILABLE, "upstream reset the stream")
         else:
             self.status = 502
             self.response_started = True
@@ -316,6 +326,14 @@ class Exchange:
                 stream_id=self.sid, status=502, headers=[(b"content-type", b"text/plain")],
                 end_stream=False, content_length=len(body)))
             self.downstream.send(Body(stream_id=self.sid, data=body, end_stream=True))
+
+    def _grpc_error(self, status: int, message: str) -> None:
+        """Fail a gRPC call the way a gRPC server would: 200 + trailers-only status."""
+        self.status = 200
+        self.response_started = True
+        self.downstream.send(ResponseHead(
+            stream_id=self.sid, status=200, headers=grpc.error_headers(status, message),
+            end_stream=True, content_length=None))
 
     def _abort_upstream(self) -> None:
         if self.upstream is not None and not self.response_done:

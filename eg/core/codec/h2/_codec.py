@@ -30,7 +30,41 @@ Stream life in the adapter:
 Budgets (MISSION.md DoS rows, ``H2Context``): SETTINGS and PING frames, streams the peer
 resets before their response started (server only: Rapid Reset), and streams we reset or
 answered ourselves. Each counts per window of ``flood_window`` seconds of ``now``; past
-it the connection ends with GOAWAY ENHANCE_YOUR_CALM and ``LimitExceeded``.
+it the connection ends with GOAWAY ENHANCE_YOUR_CALM and ``LimitExceeded``. The glitch
+budget is the same mechanism over ``glitch_window`` seconds, weighted: every peer oddity
+in ``_context``'s weight table (the local errors above among them) adds its weight, and
+past ``max_glitches`` the connection ends the same way (kind ``h2_glitches``).
+
+Zero-window stall (MISSION.md DoS row). A peer that stops opening its flow-control
+window while we hold bytes for it would pin those bytes, the stream and the exchange
+behind it forever. The stall clock runs while body bytes wait for window and none has
+been sent: any DATA byte sent (a WINDOW_UPDATE or SETTINGS that lets bytes flow, on any
+stream) restarts it, and it stops once nothing waits (streams ended or reset). Progress
+is connection-wide: a peer that starves one stream while reading others is making
+progress; that stream is bounded by its buffer watermarks and the exchange's timeouts.
+Half-way through ``zero_window_timeout`` one PING goes out; at the full timeout the
+connection ends with GOAWAY ENHANCE_YOUR_CALM and ``LimitExceeded(kind="h2_zero_window")``
+whether or not the PING was answered. The PING decides nothing: while the window is
+zero we send nothing, so TCP cannot notice a peer that vanished; the PING makes it send
+a segment, so a dead peer surfaces as a socket error before the timeout, and the error
+message says whether the peer answered (alive but not reading) or not. ENHANCE_YOUR_CALM
+rather than FLOW_CONTROL_ERROR (the peer broke no flow-control rule: RFC 9113 §6.9 lets
+it keep its window shut) or NO_ERROR (which reads as a routine drain): the peer is
+holding our buffers, which is the load that code names.
+
+Time is the ``now`` of ``feed`` and ``on_timer``; ``send`` has none, so a stall that
+starts there is stamped by the next of them: ``deadline()`` is then the last ``now``
+seen, already due, and the caller's ``on_timer(now)`` starts the clock.
+
+    state     input                                    next
+    ───────── ──────────────────────────────────────── ─────────────────────────────
+    FLOWING   bytes left waiting by feed(now)          STALLED(since=now)
+    FLOWING   bytes left waiting by send()             UNSTAMPED (deadline: due)
+    UNSTAMPED feed(now) or on_timer(now)               STALLED(since=now)
+    STALLED   on_timer(now ≥ since + timeout / 2)      PINGED (PING queued)
+    PINGED    on_timer(now ≥ since + timeout)          closed: GOAWAY, LimitExceeded
+    any       a DATA byte sent                         FLOWING, re-checked at once
+    any       nothing waits any more                   FLOWING
 """
 
 from __future__ import annotations
@@ -45,18 +79,30 @@ from h2.errors import ErrorCodes
 from h2.events import (
     DataReceived,
     Event,
+    PingAckReceived,
     PingReceived,
     RemoteSettingsChanged,
     StreamReset,
     TrailersReceived,
+    UnknownFrameReceived,
     WindowUpdated,
 )
 from h2.exceptions import DenialOfServiceError, H2Error
 from hpack.exceptions import HPACKError
 from hyperframe.exceptions import HyperframeError
 
-from eg.core.codec.h2._connection import H2Wire, StreamRejected
-from eg.core.codec.h2._context import H2Context
+from eg.core.codec.h2._connection import H2Wire, IdlePriority, StreamRejected
+from eg.core.codec.h2._context import (
+    GLITCH_EMPTY_DATA,
+    GLITCH_IDLE_PRIORITY,
+    GLITCH_MALFORMED,
+    GLITCH_REFUSED,
+    GLITCH_STREAM_ERROR,
+    GLITCH_TINY_FRAGMENT,
+    GLITCH_UNKNOWN_FRAME,
+    GLITCH_UNSOLICITED_ACK,
+    H2Context,
+)
 from eg.core.codec.h2._convert import trailer_block, trailer_fields
 from eg.core.errors import EgError, LimitExceeded, ProtocolError
 from eg.core.message import Body, Message, Reset, ResetCode, Side, Trailers
@@ -125,7 +171,8 @@ class _Stream:
 
 
 class _Budget:
-    """At most ``limit`` events per ``span`` seconds (a fixed window restarted lazily)."""
+    """At most ``limit`` (weighted) events per ``span`` seconds (a fixed window restarted
+    lazily)."""
 
     __slots__ = ("count", "limit", "span", "start")
 
@@ -135,12 +182,12 @@ class _Budget:
         self.count = 0
         self.start = float("-inf")
 
-    def spend(self, now: float) -> bool:
-        """Count one event; True when the budget is exhausted."""
+    def spend(self, now: float, weight: int = 1) -> bool:
+        """Count one event of ``weight``; True when the budget is exhausted."""
         if now - self.start >= self.span:
             self.start = now
             self.count = 0
-        self.count += 1
+        self.count += weight
         return self.count > self.limit
 
 
@@ -183,6 +230,19 @@ class H2Codec:
         self._local_errors = _Budget(ctx.max_local_errors, ctx.flood_window)
         self._settings = _Budget(ctx.max_settings, ctx.flood_window)
         self._pings = _Budget(ctx.max_pings, ctx.flood_window)
+        self._glitches = _Budget(ctx.max_glitches, ctx.glitch_window)
+        #: The last ``now`` of ``feed`` or ``on_timer`` (``send`` has none).
+        self._now = float("-inf")
+        #: Zero-window stall (module docstring): since when bytes have waited with none
+        #: sent; None when nothing waits or the stall began in ``send`` and is unstamped.
+        self._stalled_since: float | None = None
+        #: The opaque data of this stall's PING, once sent.
+        self._stall_ping: bytes | None = None
+        #: This stall's PING was answered.
+        self._stall_acked = False
+        #: PINGs of ours not yet acknowledged, and the last PING number used.
+        self._pings_out = 0
+        self._ping_seq = 0
         self._handlers: dict[type[Event], Handler] = {
             DataReceived: self._on_data,
             StreamReset: self._on_reset,
@@ -190,7 +250,10 @@ class H2Codec:
             WindowUpdated: self._on_window,
             RemoteSettingsChanged: self._on_settings,
             PingReceived: self._on_ping,
+            PingAckReceived: self._on_ping_ack,
             TrailersReceived: self._on_trailers,
+            UnknownFrameReceived: self._on_unknown,
+            IdlePriority: self._on_idle_priority,
         }
 
     # -- input ---------------------------------------------------------------------------
@@ -200,20 +263,26 @@ class H2Codec:
 
         Raises:
             ProtocolError: the peer broke HTTP/2 (``reset_code`` is the GOAWAY code).
-            LimitExceeded: a header, HPACK or flood limit (GOAWAY ENHANCE_YOUR_CALM).
+            LimitExceeded: a header, HPACK, flood or glitch limit (GOAWAY
+                ENHANCE_YOUR_CALM).
             In both cases the GOAWAY is already in ``output()`` and every stream on the
             connection is gone.
         """
         if self._closed:
             return []
+        self._now = now
         msgs: list[Message] = []
         try:
-            events = self._conn.receive_data(data)
+            conn = self._conn
+            events = conn.receive_data(data)
             handlers = self._handlers
             for event in events:
                 handler = handlers.get(type(event))
                 if handler is not None:
                     handler(event, msgs, now)
+            tiny = conn.take_tiny_fragments()
+            if tiny:
+                self._glitch(now, tiny * GLITCH_TINY_FRAGMENT)
         except (H2Error, HPACKError, HyperframeError) as exc:
             err = self._translate(exc)
             if self._conn.state_machine.state is not ConnectionState.CLOSED:
@@ -225,6 +294,11 @@ class H2Codec:
         except EgError:
             self._fail()
             raise
+        if self._blocked:
+            if self._stalled_since is None:
+                self._stalled_since = now  # FLOWING or UNSTAMPED → STALLED
+        elif self._stalled_since is not None:
+            self._unstall()
         return msgs
 
     def feed_eof(self, now: float) -> list[Message]:
@@ -253,18 +327,25 @@ class H2Codec:
         err.reset_code = reset_code(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR))
         return err
 
-    def _calm_down(self, kind: str) -> None:
-        """Over a flood budget: GOAWAY ENHANCE_YOUR_CALM and raise."""
+    def _calm_down(self, kind: str, reason: str | None = None) -> None:
+        """Over a budget: GOAWAY ENHANCE_YOUR_CALM and raise."""
         self._conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
         raise LimitExceeded(
-            f"h2 peer over its {kind} budget", side=self._side,
+            reason or f"h2 peer over its {kind} budget", side=self._side,
             status_hint=429 if self._side is Side.DOWNSTREAM else 502, kind=f"h2_{kind}",
         )
 
-    def _local_error(self, now: float) -> None:
-        """We reset or answered a stream because the peer broke the rules."""
+    def _local_error(self, now: float, weight: int) -> None:
+        """We reset or answered a stream because of the peer's message: a local error,
+        and a glitch of ``weight`` (checked second, so a burst reports local errors)."""
         if self._local_errors.spend(now):
             self._calm_down("local_errors")
+        self._glitch(now, weight)
+
+    def _glitch(self, now: float, weight: int) -> None:
+        """The peer committed a glitch of ``weight`` (``_context``'s weight table)."""
+        if self._glitches.spend(now, weight):
+            self._calm_down("glitches")
 
     # -- event handlers shared by both roles ------------------------------------------
 
@@ -279,6 +360,8 @@ class H2Codec:
         if st is None:
             if size and not end:
                 conn.ack_stream(size, sid)
+            if not event.data and not end:
+                self._glitch(now, GLITCH_EMPTY_DATA)
             return
         data = event.data
         st.received += len(data)
@@ -292,6 +375,8 @@ class H2Codec:
                 conn.ack_stream(size, sid)
         if data or end:
             msgs.append(Body(stream_id=sid, data=data, end_stream=end))
+        else:
+            self._glitch(now, GLITCH_EMPTY_DATA)
         if end:
             self._maybe_done(st)
 
@@ -302,7 +387,7 @@ class H2Codec:
                     self._peer_resets.spend(now):
                 self._calm_down("peer_resets")
         else:
-            self._local_error(now)
+            self._local_error(now, GLITCH_STREAM_ERROR)
         if st is not None:
             self._drop(st)
             msgs.append(
@@ -310,7 +395,8 @@ class H2Codec:
             )
 
     def _on_rejected(self, event: StreamRejected, msgs: list[Message], now: float) -> None:
-        self._local_error(now)
+        refused = event.error_code == ErrorCodes.REFUSED_STREAM
+        self._local_error(now, GLITCH_REFUSED if refused else GLITCH_MALFORMED)
         st = self._streams.pop(event.stream_id, None)
         if st is not None:
             self._drop(st)
@@ -336,6 +422,20 @@ class H2Codec:
         if self._pings.spend(now):
             self._calm_down("pings")
 
+    def _on_ping_ack(self, event: PingAckReceived, msgs: list[Message], now: float) -> None:
+        if not self._pings_out:
+            self._glitch(now, GLITCH_UNSOLICITED_ACK)
+            return
+        self._pings_out -= 1
+        if event.ping_data == self._stall_ping:
+            self._stall_acked = True
+
+    def _on_unknown(self, event: UnknownFrameReceived, msgs: list[Message], now: float) -> None:
+        self._glitch(now, GLITCH_UNKNOWN_FRAME)
+
+    def _on_idle_priority(self, event: IdlePriority, msgs: list[Message], now: float) -> None:
+        self._glitch(now, GLITCH_IDLE_PRIORITY)
+
     def _on_trailers(self, event: TrailersReceived, msgs: list[Message], now: float) -> None:
         """Trailers ended the stream: check the declared length, then pass them on."""
         st = self._streams.get(event.stream_id)
@@ -352,7 +452,7 @@ class H2Codec:
 
     def _reject_stream(self, st: _Stream, msgs: list[Message], now: float) -> None:
         """A malformed message on a stream the exchange knows: reset it both ways."""
-        self._local_error(now)
+        self._local_error(now, GLITCH_MALFORMED)
         del self._streams[st.sid]
         self._drop(st)
         self._conn.reset_if_open(st.sid, ErrorCodes.PROTOCOL_ERROR)
@@ -389,6 +489,9 @@ class H2Codec:
                 f"h2 refused {type(msg).__name__}: {exc}", side=Side.INTERNAL,
                 status_hint=502, kind="h2_send",
             ) from exc
+        finally:
+            if self._stalled_since is not None and not self._blocked:
+                self._unstall()
 
     def _send_head(self, msg: Message) -> None:
         raise NotImplementedError  # pragma: no cover - each role implements it
@@ -409,6 +512,8 @@ class H2Codec:
                 # Fast path: it fits the window and one frame.
                 if size or end:
                     conn.send_data(sid, data, end_stream=end)
+                if size and self._stalled_since is not None:
+                    self._unstall()  # bytes flow
                 if end:
                     st.out_done = True
                     self._maybe_done(st)
@@ -482,6 +587,8 @@ class H2Codec:
                 st.out_done = True
         st.buffered -= sent
         self._buffered -= sent
+        if sent and self._stalled_since is not None:
+            self._unstall()  # bytes flow: the clock restarts if bytes still wait
         if buf:
             self._blocked[sid] = st
         else:
@@ -543,6 +650,67 @@ class H2Codec:
         if conn.pending_output:
             return [memoryview(conn.take_output())]
         return []
+
+    # -- zero-window stall (module docstring) ---------------------------------------------
+
+    def deadline(self) -> float | None:
+        """When ``on_timer`` is next due (monotonic seconds), or None if nothing is pending.
+
+        Ask after every ``feed``, ``send`` and ``on_timer``, and fold the answer into the
+        connection's timer. It may already be past (a stall that began in ``send``, which
+        has no ``now``): then call ``on_timer`` at once.
+        """
+        if not self._blocked:
+            return None
+        since = self._stalled_since
+        if since is None:
+            return self._now
+        if self._stall_ping is None:
+            return since + self._ctx.zero_window_ping
+        return since + self._ctx.zero_window_timeout
+
+    def on_timer(self, now: float) -> None:
+        """Advance the stall clock to ``now``; harmless when nothing is due.
+
+        May queue a PING: write ``output()`` afterwards.
+
+        Raises:
+            LimitExceeded: bytes have waited ``zero_window_timeout`` seconds for window
+                with none sent (kind ``h2_zero_window``). As with ``feed``'s errors, the
+                GOAWAY (ENHANCE_YOUR_CALM) is already in ``output()``, every stream is
+                gone and ``wants_close()`` is true.
+        """
+        self._now = now
+        if not self._blocked:
+            return
+        since = self._stalled_since
+        if since is None:
+            self._stalled_since = now  # UNSTAMPED → STALLED
+            return
+        ctx = self._ctx
+        if now >= since + ctx.zero_window_timeout:
+            answer = "answered: alive, not reading" if self._stall_acked else "unanswered"
+            reason = (
+                f"h2 peer kept its window shut for {now - since:.1f} s with "
+                f"{self._buffered} bytes waiting (PING {answer})"
+            )
+            try:
+                self._calm_down("zero_window", reason)
+            except EgError:
+                self._fail()
+                raise
+        if self._stall_ping is None and now >= since + ctx.zero_window_ping:
+            self._ping_seq += 1
+            ping = self._ping_seq.to_bytes(8)
+            self._conn.ping(ping)
+            self._pings_out += 1
+            self._stall_ping = ping
+
+    def _unstall(self) -> None:
+        """Back to FLOWING: bytes flowed, or none waits any more."""
+        self._stalled_since = None
+        self._stall_ping = None
+        self._stall_acked = False
 
     # -- backpressure --------------------------------------------------------------------
 

@@ -25,6 +25,10 @@ each fixed here by overriding one h2 method. The overrides touch h2 internals, s
 6. **Frame lengths are checked on the frame header.** h2 checks SETTINGS_MAX_FRAME_SIZE
    only once the whole frame has arrived, so a peer announcing a 16 MiB frame made it
    buffer up to 16 MiB first; here the 9-byte header is enough to refuse it.
+
+Two things h2 swallows are made visible for the glitch budget (``_context``): a
+PRIORITY frame for a stream that is not open becomes an ``IdlePriority`` event, and tiny
+header-block fragments are counted (``take_tiny_fragments``).
 """
 
 from __future__ import annotations
@@ -63,10 +67,13 @@ from hyperframe.frame import (
     Frame,
     GoAwayFrame,
     HeadersFrame,
+    PriorityFrame,
     PushPromiseFrame,
     RstStreamFrame,
     WindowUpdateFrame,
 )
+
+from eg.core.codec.h2._context import TINY_FRAGMENT
 
 if TYPE_CHECKING:
     from eg.core.codec.h2._context import H2Context
@@ -81,6 +88,10 @@ _HEADERS_EVENTS = (
 
 class StreamRejected(StreamReset):
     """We reset the stream because the peer's message on it was malformed or refused."""
+
+
+class IdlePriority(PriorityUpdated):
+    """A PRIORITY frame for a stream that is not open (idle or closed): it changed nothing."""
 
 
 class H2Wire(H2Connection):
@@ -98,9 +109,8 @@ class H2Wire(H2Connection):
             initial_values=ctx.client_settings if client_side else ctx.server_settings,
         )
         self.decoder.max_header_list_size = ctx.max_header_list_size
-        self.incoming_buffer = _BoundedFrameBuffer(
-            server=not client_side, limit=ctx.header_block_limit
-        )
+        self._frames = _BoundedFrameBuffer(server=not client_side, limit=ctx.header_block_limit)
+        self.incoming_buffer = self._frames
         self.initiate_connection()
         extra = ctx.connection_window - 65535
         if extra > 0:
@@ -185,6 +195,31 @@ class H2Wire(H2Connection):
             frames.extend(p_frames)
         return frames, events + stream_events
 
+    def _receive_priority_frame(
+        self, frame: HeadersFrame | PriorityFrame
+    ) -> tuple[list[Frame], list[Event]]:
+        """h2's handling; a PRIORITY frame (not the priority part of HEADERS) for a stream
+        that is not open reports an ``IdlePriority`` instead of h2's event."""
+        frames, events = super()._receive_priority_frame(frame)
+        if isinstance(frame, PriorityFrame):
+            stream = self.streams.get(frame.stream_id)
+            if stream is None or stream.closed:
+                idle = IdlePriority()
+                idle.stream_id = frame.stream_id
+                idle.depends_on = frame.depends_on
+                idle.exclusive = frame.exclusive
+                idle.weight = frame.stream_weight + 1
+                events[-1] = idle  # h2 appends its PriorityUpdated last
+        return frames, events
+
+    def take_tiny_fragments(self) -> int:
+        """Tiny header-block fragments received since the last call (``TINY_FRAGMENT``)."""
+        frames = self._frames
+        count = frames.tiny
+        if count:
+            frames.tiny = 0
+        return count
+
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:
         try:
             return super()._receive_data_frame(frame)
@@ -230,11 +265,14 @@ def _is_malformed(exc: Exception) -> bool:
 
 class _BoundedFrameBuffer(FrameBuffer):
     """h2's frame buffer with a byte cap on HEADERS + CONTINUATION (fix 4), and the frame
-    length checked as soon as the 9-byte frame header is in (fix 6)."""
+    length checked as soon as the 9-byte frame header is in (fix 6). It also counts tiny
+    header-block fragments for the glitch budget."""
 
     def __init__(self, *, server: bool, limit: int) -> None:
         super().__init__(server=server)
         self._limit = limit
+        #: Fragments shorter than ``TINY_FRAGMENT`` that did not end their block.
+        self.tiny = 0
 
     def __next__(self) -> Frame:
         data = self._data
@@ -244,6 +282,12 @@ class _BoundedFrameBuffer(FrameBuffer):
         return super().__next__()
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        if (
+            isinstance(f, HeadersFrame | PushPromiseFrame | ContinuationFrame)
+            and "END_HEADERS" not in f.flags
+            and len(f.data) < TINY_FRAGMENT
+        ):
+            self.tiny += 1
         out = super()._update_header_buffer(f)
         pending = self._headers_buffer
         if pending:

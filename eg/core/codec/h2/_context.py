@@ -56,6 +56,66 @@ DEFAULT_MAX_PINGS = 50
 #: The counting window of the four budgets above, in seconds (MISSION.md gives 10 s for the
 #: SETTINGS and PING rows; the reset budgets use the same window).
 FLOOD_WINDOW = 10.0
+#: Seconds body bytes may wait for the peer's flow-control window (stream or connection)
+#: with not one byte sent before the connection is closed with GOAWAY ENHANCE_YOUR_CALM
+#: (MISSION.md, DoS row "zero-window stall: close after 30 s without progress").
+DEFAULT_ZERO_WINDOW_TIMEOUT = 30.0
+#: Weighted glitches per ``GLITCH_WINDOW`` (MISSION.md, DoS row "H2 glitch budget 200 per
+#: 60 s"; HAProxy's ``tune.h2.fe.glitches-threshold``) → GOAWAY ENHANCE_YOUR_CALM.
+DEFAULT_MAX_GLITCHES = 200
+#: The counting window of the glitch budget, in seconds (MISSION.md, same row).
+GLITCH_WINDOW = 60.0
+#: A header-block fragment that does not end the block (HEADERS or CONTINUATION without
+#: END_HEADERS) shorter than this is "tiny". Encoders split a block only where it no
+#: longer fits a frame, and a frame holds at least 16,384 octets (RFC 9113 §4.2), so an
+#: honest peer never sends one; a CONTINUATION flood sends many.
+TINY_FRAGMENT = 1024
+
+# Glitch weights. A glitch is something a conforming peer does not do, or does rarely,
+# that HTTP/2 lets us survive but that costs us work; each adds its weight to the glitch
+# budget above. Weight 1 is one frame handled for nothing, 2 a whole message decoded
+# (a header block: HPACK, up to max_header_list_size) and thrown away.
+#
+# | glitch                                         | weight | why                            |
+# |------------------------------------------------|--------|--------------------------------|
+# | malformed message, stream reset PROTOCOL_ERROR | 2      | decoded, maybe forwarded, for  |
+# |   (RFC 9113 §8.1.1; bad response head)         |        |   nothing; never conforming    |
+# | request answered here: 400 "_", 405 CONNECT,   | 1      | well-formed, refused by our    |
+# |   431 too many fields, 501 extended CONNECT    |        |   policy the client can't know |
+# | REFUSED_STREAM over MAX_CONCURRENT_STREAMS     | 1      | races our SETTINGS (HAProxy 1) |
+# | stream error h2 raised (frame after END_STREAM,| 1      | one frame broke stream rules   |
+# |   stream window overflow)                      |        |                                |
+# | DATA without payload (padding only counts)     | 1      | CVE-2019-9518 empty frames     |
+# |   and without END_STREAM                       |        |                                |
+# | PRIORITY for a stream not open (idle, closed)  | 1      | h2 keeps no priority tree; a   |
+# |                                                |        |   few are normal (Firefox)     |
+# | frame of an unknown type (RFC 9113 §5.5)       | 1      | parsed and dropped             |
+# | PING ACK for no PING of ours                   | 1      | we never asked for it          |
+# | header-block fragment under ``TINY_FRAGMENT``  | 1      | CONTINUATION flood in pieces   |
+#
+# Not glitches: a peer's RST_STREAM (cancelling is ordinary HTTP/2, e.g. a browser leaving a
+# page; Rapid Reset has its own budget, ``DEFAULT_MAX_PEER_RESETS``), SETTINGS and PING
+# (their own budgets; gRPC keepalive and BDP pings are legitimate), frames racing our own
+# RST_STREAM and WINDOW_UPDATEs for closed streams (legitimate races). A zero-increment
+# WINDOW_UPDATE is not tolerated at all: h2 makes it a connection error.
+#: Malformed message (see the table).
+GLITCH_MALFORMED = 2
+#: Request answered here by policy (see the table).
+GLITCH_ANSWERED = 1
+#: Stream refused above SETTINGS_MAX_CONCURRENT_STREAMS (see the table).
+GLITCH_REFUSED = 1
+#: Stream error raised by h2 (see the table).
+GLITCH_STREAM_ERROR = 1
+#: DATA without payload or END_STREAM (see the table).
+GLITCH_EMPTY_DATA = 1
+#: PRIORITY for a stream that is not open (see the table).
+GLITCH_IDLE_PRIORITY = 1
+#: Unknown frame type (see the table).
+GLITCH_UNKNOWN_FRAME = 1
+#: PING ACK for no PING of ours (see the table).
+GLITCH_UNSOLICITED_ACK = 1
+#: Tiny header-block fragment (see the table).
+GLITCH_TINY_FRAGMENT = 1
 
 
 # RFC 9110 §5.6.2 tchar.
@@ -91,6 +151,10 @@ class H2Context:
         buffer_limit: one stream's send-buffer cap, and the connection's (see
             ``DEFAULT_BUFFER_LIMIT``).
         reject_underscore: reject request header names containing ``_`` (400).
+        zero_window_timeout: seconds buffered bytes may wait for the peer's window with
+            none sent; the stall PING goes out at half of it (see ``_codec``).
+        max_glitches: weighted glitches allowed per ``glitch_window`` seconds.
+        glitch_window: the glitch budget's counting window, in seconds.
     """
 
     __slots__ = (
@@ -102,10 +166,12 @@ class H2Context:
         "connection_window",
         "egress_strip",
         "flood_window",
+        "glitch_window",
         "header_block_limit",
         "host_chars",
         "initial_window_size",
         "max_concurrent_streams",
+        "max_glitches",
         "max_header_list_size",
         "max_headers",
         "max_local_errors",
@@ -119,6 +185,8 @@ class H2Context:
         "response_special",
         "server_config",
         "server_settings",
+        "zero_window_ping",
+        "zero_window_timeout",
     )
 
     def __init__(
@@ -132,6 +200,9 @@ class H2Context:
         buffer_high: int = DEFAULT_BUFFER_HIGH,
         buffer_limit: int = DEFAULT_BUFFER_LIMIT,
         reject_underscore: bool = True,
+        zero_window_timeout: float = DEFAULT_ZERO_WINDOW_TIMEOUT,
+        max_glitches: int = DEFAULT_MAX_GLITCHES,
+        glitch_window: float = GLITCH_WINDOW,
     ) -> None:
         self.max_concurrent_streams = max_concurrent_streams
         self.max_header_list_size = max_header_list_size
@@ -148,6 +219,11 @@ class H2Context:
         self.max_settings = DEFAULT_MAX_SETTINGS
         self.max_pings = DEFAULT_MAX_PINGS
         self.flood_window = FLOOD_WINDOW
+        self.zero_window_timeout = zero_window_timeout
+        #: When a stall gets its PING: half-way, so the peer has the other half to answer.
+        self.zero_window_ping = zero_window_timeout / 2
+        self.max_glitches = max_glitches
+        self.glitch_window = glitch_window
         # Character tables for the request line an HTTP/1 upstream will see (h2 only
         # rejects NUL, CR and LF in values), built here so each worker owns its copies.
         #: ``:method``: a token (RFC 9110 §9.1, §5.6.2).

@@ -37,7 +37,7 @@ from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, RequestReceived
 
 from eg.core.codec.h2._codec import H2Codec, _Stream, reset_code
-from eg.core.codec.h2._context import H2Context
+from eg.core.codec.h2._context import GLITCH_ANSWERED, GLITCH_MALFORMED, H2Context
 from eg.core.codec.h2._convert import (
     MALFORMED,
     request_head,
@@ -82,7 +82,7 @@ class H2ServerCodec(H2Codec):
         end = event.stream_ended is not None
         head = request_head(self._ctx, event.headers, sid, end, self._scheme)
         if isinstance(head, int):
-            self._local_error(now)
+            self._local_error(now, GLITCH_MALFORMED if head == MALFORMED else GLITCH_ANSWERED)
             if head == MALFORMED:
                 conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
             else:

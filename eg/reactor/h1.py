@@ -1,8 +1,10 @@
-"""Connection drivers: wire transports, codecs and exchanges together on one worker.
+"""HTTP/1.1 connection drivers: wire transports, codecs and legs together on one worker.
 
-No protocol logic lives here: codecs parse and frame, the exchange decides. A driver
-moves bytes and messages between them, keeps one lazy timer per connection for the
-phase-dependent timeouts, and reports to metrics and the access log.
+No protocol logic lives here: codecs parse and frame, the exchange decides, the leg
+(``leg.py``) finds the upstream. A driver moves bytes and messages between them, keeps
+one lazy timer per connection for the phase-dependent timeouts, and reports to metrics
+and the access log. A TLS connection whose ALPN settled on h2 is handed over to the
+HTTP/2 driver (``h2.py``) as soon as its handshake completes.
 
 Downstream timeouts by codec phase: ``idle`` keep-alive wait (close quietly), ``head``
 header read (408, slowloris), ``body`` silence between body bytes (408 or abort, slow
@@ -13,24 +15,17 @@ POST). Upstream: connect (504) and silence while a response is awaited or stream
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import TYPE_CHECKING
 
 from eg.core.codec.h1.client import H1ClientCodec
 from eg.core.codec.h1.server import H1ServerCodec
-from eg.core.errors import (
-    Broken,
-    ConnectError,
-    EgError,
-    NoHealthyUpstream,
-    NoRoute,
-    Retry,
-    Timeout,
-)
-from eg.core.message import Message, RequestHead, Reset, ResetCode, Side
+from eg.core.errors import Broken, ConnectError, EgError, Retry, Timeout
+from eg.core.message import Message, RequestHead, Side
 from eg.core.proxy.balance import ClusterState, Endpoint
-from eg.core.proxy.exchange import Exchange
+from eg.reactor.leg import Leg, record_exchange, start_exchange
 from eg.reactor.stream import Transport
-from eg.reactor.tls import TlsTransport
+from eg.reactor.tls import ClientTlsTransport, TlsTransport
 
 if TYPE_CHECKING:
     from eg.reactor.worker import ListenerRuntime, WorkerRuntime
@@ -39,8 +34,10 @@ _DOWN = Side.DOWNSTREAM
 _UP = Side.UPSTREAM
 
 
-class DownstreamConnection:
-    """One accepted client connection speaking HTTP/1.x."""
+class H1DownstreamConnection:
+    """One accepted client connection speaking HTTP/1.x (one exchange at a time)."""
+
+    multiplexed = False
 
     def __init__(
         self, rt: WorkerRuntime, lrt: ListenerRuntime, sock: socket.socket, peer: str
@@ -54,9 +51,7 @@ class DownstreamConnection:
                                    max_requests=limits.max_requests_per_connection)
         if rt.draining:
             self.codec.draining = True
-        self.exchange: Exchange | None = None
-        self.upstream: UpstreamConnection | None = None
-        self._attempts = 0
+        self.leg: Leg | None = None
         now = rt.loop.now
         self._since = now  # start of the current phase (accept, head, last body byte)
         self._head_started = now
@@ -70,7 +65,26 @@ class DownstreamConnection:
         rt.shard.conn_opened(lrt.name)
         self._arm()
 
+    @property
+    def busy(self) -> bool:
+        """An exchange is in progress (counted when a shutdown aborts it)."""
+        return self.leg is not None
+
     # -- transport events -----------------------------------------------------------------
+
+    def connection_made(self) -> None:
+        """TLS handshake done: an h2 ALPN hands the connection to the HTTP/2 driver."""
+        transport = self.transport
+        if isinstance(transport, TlsTransport) and transport.alpn == "h2":
+            from eg.reactor.h2 import H2DownstreamConnection  # noqa: PLC0415 - import cycle
+
+            self.closed = True
+            self.timer.release()
+            self.rt.connections.discard(self)
+            H2DownstreamConnection(self.rt, self.lrt, transport, self.peer, counted=True)
+            return
+        self._since = self.rt.loop.now
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         rt = self.rt
@@ -85,15 +99,15 @@ class DownstreamConnection:
             self._codec_error(err)
             return
         self._dispatch(msgs)
-        self._pump()
+        self.pump()
 
     def eof_received(self) -> None:
         msgs = self.codec.feed_eof(self.rt.loop.now)
         self._dispatch(msgs)
-        if self.exchange is None:
+        if self.leg is None:
             self.close()
             return
-        self._pump()
+        self.pump()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.closed:
@@ -102,11 +116,10 @@ class DownstreamConnection:
         self.timer.release()
         if exc is not None and self.transport.handshaking:
             self.rt.shard.protocol_error("downstream", "tls_handshake")
-        ex = self.exchange
-        if ex is not None and not ex.finished:
-            ex.request_message(Reset(stream_id=ex.sid, code=ResetCode.CANCEL, side=_DOWN))
-            self._finish_exchange()
-        elif ex is not None:
+        leg = self.leg
+        if leg is not None:
+            if not leg.exchange.finished:
+                leg.abort()
             self._finish_exchange()
         self.rt.connections.discard(self)
         self.lrt.open -= 1
@@ -114,20 +127,24 @@ class DownstreamConnection:
 
     def on_write_high(self) -> None:
         self.rt.shard.paused("downstream_send")
-        if self.exchange is not None:
-            self.exchange.downstream_congested(True)
+        leg = self.leg
+        if leg is not None:
+            leg.exchange.downstream_congested(True)
             self._sync_upstream_reading()
 
     def on_write_low(self) -> None:
-        if self.exchange is not None:
-            self.exchange.downstream_congested(False)
+        leg = self.leg
+        if leg is not None:
+            leg.exchange.downstream_congested(False)
             self._sync_upstream_reading()
 
     def on_crash(self, exc: BaseException) -> None:
         """After an unexpected exception: abort this connection and its upstream."""
-        if self.upstream is not None:
-            self.upstream.abort()
-            self.upstream = None
+        leg = self.leg
+        if leg is not None and leg.upstream is not None:
+            up = leg.upstream
+            leg.upstream = None
+            up.abort()
         self.transport.abort()
 
     # -- messages -------------------------------------------------------------------------
@@ -135,112 +152,29 @@ class DownstreamConnection:
     def _dispatch(self, msgs: list[Message]) -> None:
         for msg in msgs:
             if isinstance(msg, RequestHead):
-                self._start(msg)
-            elif self.exchange is not None:
-                self.exchange.request_message(msg)
-
-    def _start(self, head: RequestHead) -> None:
-        rt = self.rt
-        now = rt.loop.now
-        ex = Exchange(head=head, downstream=self.codec, ctx=self.lrt.ctx, client=self.client,
-                      now=now)
-        self.exchange = ex
-        self._attempts = 0
-        self._since = now
-        if ex.finished:
-            return
-        if isinstance(self.transport, TlsTransport):
-            sni = self.transport.server_name
-            if sni is not None and _host_of(head.authority) != sni:
-                # RFC 9110 §15.5.20: this connection is not authoritative for that host.
-                ex.fail(EgError("SNI does not match Host", side=_DOWN, status_hint=421,
-                                kind="misdirected"))
-                return
-        cluster_name = rt.routes.match(head.authority, head.path)
-        if cluster_name is None:
-            ex.fail(NoRoute("no route", side=_DOWN))
-            return
-        self._connect(rt.clusters[cluster_name])
-
-    def _connect(self, cluster: ClusterState) -> None:
-        rt = self.rt
-        ex = self.exchange
-        assert ex is not None
-        now = rt.loop.now
-        endpoint = cluster.pick(now)
-        if endpoint is None:
-            rt.shard.backend_error(cluster.name, "no_healthy_upstream")
-            ex.fail(NoHealthyUpstream(f"cluster {cluster.name} has no healthy endpoint"))
-            return
-        self._attempts += 1
-        pool_cfg = cluster.config.pool
-        up = rt.pool.take(endpoint, now, pool_cfg.max_age) if self._attempts == 1 else None
-        if up is not None:
-            rt.shard.upstream_reused(cluster.name)
-            up.adopt(self)
-            self.upstream = up
-            ex.attach(up.codec)
-            return
-        try:
-            sock = rt.pool.connect(endpoint)
-        except OSError as exc:
-            cluster.report_failure(endpoint, now)
-            rt.shard.backend_error(cluster.name, "connect")
-            ex.fail(ConnectError(f"connect to {endpoint.key} failed: {exc}"))
-            return
-        self.upstream = UpstreamConnection(rt, cluster, endpoint, sock, owner=self)
-
-    # -- called by the upstream side --------------------------------------------------------
-
-    def upstream_ready(self, up: UpstreamConnection) -> None:
-        if self.exchange is not None and up is self.upstream:
-            self.exchange.attach(up.codec)
-            self._pump()
-
-    def upstream_messages(self, msgs: list[Message]) -> None:
-        ex = self.exchange
-        if ex is None:
-            return
-        for msg in msgs:
-            ex.response_message(msg)
-        self._pump()
-
-    def upstream_failed(self, up: UpstreamConnection, err: EgError) -> None:
-        ex = self.exchange
-        if ex is None or up is not self.upstream:
-            return
-        self.upstream = None
-        rt = self.rt
-        rt.shard.backend_error(up.cluster.name, err.kind)
-        if isinstance(err, ConnectError | Timeout) and err.kind in ("connect", "timeout_connect"):
-            up.cluster.report_failure(up.endpoint, rt.loop.now)
-        retryable = (
-            (err.retry is Retry.YES and isinstance(err, ConnectError))
-            or (err.retry is Retry.IF_REUSED and up.reused and not up.response_seen)
-        )
-        if retryable and self._attempts < 2 and ex.head.end_stream and not ex.response_started:
-            # Safe to replay: the request had no body and nothing reached the client.
-            ex.detach()
-            self._connect(up.cluster)
-        else:
-            ex.fail(err)
-        self._pump()
+                sni = self.transport.server_name if isinstance(self.transport, TlsTransport) \
+                    else None
+                self.leg = start_exchange(self, msg, self.codec, self.client, sni)
+                self._since = self.rt.loop.now
+            elif self.leg is not None:
+                self.leg.request(msg)
 
     # -- the pump: move bytes, finish exchanges, keep timers and interest in sync ----------
 
-    def _pump(self) -> None:
+    def pump(self, leg: Leg | None = None) -> None:
+        """Write output both ways, finish the exchange, keep interest and timer in sync."""
         codec = self.codec
         while True:
             out = codec.output()
             if out:
                 self.transport.write(out)
-            up = self.upstream
+            leg = self.leg
+            if leg is None:
+                break
+            up = leg.upstream
             if up is not None:
-                upout = up.codec.output()
-                if upout:
-                    up.transport.write(upout)
-            ex = self.exchange
-            if ex is not None and ex.finished:
+                up.flush()
+            if leg.exchange.finished:
                 self._finish_exchange()
                 if codec.has_buffered_input() and not self.transport.closed:
                     try:
@@ -253,7 +187,7 @@ class DownstreamConnection:
             break
         if self.closed:
             return
-        if codec.wants_close() and self.exchange is None:
+        if codec.wants_close() and self.leg is None:
             if codec.aborted:
                 self.transport.abort()
             else:
@@ -263,9 +197,6 @@ class DownstreamConnection:
             self.transport.abort()
             return
         self.transport.set_reading(codec.wants_read())
-        up = self.upstream
-        if up is not None:
-            up.transport.set_reading(up.codec.wants_read())
         self._arm()
 
     def _close_after_response(self) -> None:
@@ -277,36 +208,18 @@ class DownstreamConnection:
             self.transport.close()
 
     def _sync_upstream_reading(self) -> None:
-        up = self.upstream
-        if up is not None:
-            up.transport.set_reading(up.codec.wants_read())
+        leg = self.leg
+        if leg is not None and leg.upstream is not None:
+            leg.upstream.flush()
 
     def _finish_exchange(self) -> None:
-        ex = self.exchange
-        if ex is None:
+        leg = self.leg
+        if leg is None:
             return
-        self.exchange = None
-        ex.release_pauses()
-        rt = self.rt
-        now = rt.loop.now
-        up = self.upstream
-        self.upstream = None
-        upstream_name = ""
-        if up is not None:
-            upstream_name = up.endpoint.key
-            up.release()
-        if ex.limit_kind:
-            rt.shard.limit_hit(ex.limit_kind)
-        head = ex.head
-        duration = now - ex.started
-        rt.shard.request_done(self.lrt.name, "h1", ex.status, duration, ex.bytes_in,
-                              ex.bytes_out)
-        rt.access_log.record(
-            listener=self.lrt.name, client=self.peer, method=head.method,
-            authority=head.authority, path=head.path, status=ex.status, duration=duration,
-            bytes_in=ex.bytes_in, bytes_out=ex.bytes_out, upstream=upstream_name,
-        )
-        self._since = now
+        self.leg = None
+        leg.exchange.release_pauses()
+        record_exchange(self, leg, self.peer, "h1")
+        self._since = self.rt.loop.now
 
     def _codec_error(self, err: EgError) -> None:
         """The client broke HTTP/1.1 or a limit: reply if possible, then close."""
@@ -315,10 +228,10 @@ class DownstreamConnection:
             rt.shard.limit_hit(err.kind)
         else:
             rt.shard.protocol_error("downstream", err.kind)
-        ex = self.exchange
+        ex = self.leg.exchange if self.leg is not None else None
         if ex is not None and not ex.finished:
             ex.fail(err)
-            self._pump()
+            self.pump()
             self.transport.close() if not self.codec.aborted else self.transport.abort()
             return
         self.codec.error_response(err.status_hint)
@@ -330,7 +243,7 @@ class DownstreamConnection:
 
     def _arm(self) -> None:
         t = self.rt.config.timeouts
-        ex = self.exchange
+        ex = self.leg
         phase = self.codec.phase
         if self.transport.handshaking:
             self.timer.arm(self._since + self.lrt.handshake_timeout)
@@ -359,14 +272,14 @@ class DownstreamConnection:
             self.transport.abort()
             return
         t = self.rt.config.timeouts
-        ex = self.exchange
+        leg = self.leg
         phase = self.codec.phase
         shard = self.rt.shard
         if self.transport.handshaking:
             shard.limit_hit("tls_handshake_timeout")
             self.transport.abort()
             return
-        if ex is None:
+        if leg is None:
             if phase == "idle" and self.codec.requests:
                 self.close()
             else:
@@ -377,8 +290,9 @@ class DownstreamConnection:
             return
         if phase == "body" and now - self._since >= t.body_idle:
             shard.limit_hit("body_idle")
-            ex.fail(Timeout("request body idle", phase="body", side=_DOWN, status_hint=408))
-            self._pump()
+            leg.exchange.fail(Timeout("request body idle", phase="body", side=_DOWN,
+                                      status_hint=408))
+            self.pump()
             if not self.transport.closed:
                 self.transport.close()
             return
@@ -391,12 +305,14 @@ class DownstreamConnection:
     def drain(self) -> None:
         """Graceful shutdown: close now if idle, else after the current response."""
         self.codec.draining = True
-        if self.exchange is None and self.codec.phase == "idle":
+        if self.leg is None and self.codec.phase == "idle":
             self.close()
 
 
-class UpstreamConnection:
-    """One connection to an endpoint, lent to one downstream exchange at a time."""
+class H1UpstreamConnection:
+    """One connection to an endpoint, lent to one leg at a time."""
+
+    multiplexed = False
 
     def __init__(
         self,
@@ -405,13 +321,15 @@ class UpstreamConnection:
         endpoint: Endpoint,
         sock: socket.socket,
         *,
-        owner: DownstreamConnection,
+        owner: Leg,
+        tls: ssl.SSLContext | None = None,
+        server_name: str = "",
     ) -> None:
         self.rt = rt
         self.cluster = cluster
         self.endpoint = endpoint
         self.codec = H1ClientCodec(rt.h1)
-        self.owner: DownstreamConnection | None = owner
+        self.owner: Leg | None = owner
         now = rt.loop.now
         self.created = now
         self._last = now
@@ -420,13 +338,19 @@ class UpstreamConnection:
         self.in_pool = False
         self.timer = rt.loop.timer(self._on_timer, self)
         limits = rt.config.limits
-        self.transport = Transport(rt.loop, sock, self, high=limits.buffer_high,
-                                   limit=limits.buffer_limit, connecting=True)
+        if tls is None:
+            self.transport: Transport = Transport(
+                rt.loop, sock, self, high=limits.buffer_high, limit=limits.buffer_limit,
+                connecting=True)
+        else:
+            self.transport = ClientTlsTransport(
+                rt.loop, sock, self, high=limits.buffer_high, limit=limits.buffer_limit,
+                context=tls, server_name=server_name)
         rt.shard.upstream_conn_opened(cluster.name)
         self.timer.arm(now + rt.config.timeouts.connect)
 
-    def adopt(self, owner: DownstreamConnection) -> None:
-        """Lend this idle pooled connection to a new exchange."""
+    def adopt(self, owner: Leg) -> None:
+        """Lend this idle pooled connection to a new leg."""
         self.owner = owner
         self.in_pool = False
         self.reused = True
@@ -434,7 +358,10 @@ class UpstreamConnection:
         self._last = self.rt.loop.now
         self.timer.arm(self._last + self.rt.config.timeouts.response)
 
-    def release(self) -> None:
+    def bind(self, leg: Leg) -> None:
+        """One leg at a time: nothing to map."""
+
+    def release_leg(self, leg: Leg) -> None:
         """The exchange ended: pool the connection if it is in sync, else close it."""
         owner_gone = self.owner is None
         self.owner = None
@@ -449,6 +376,12 @@ class UpstreamConnection:
             self.close()
         else:
             self.abort()
+
+    def flush(self) -> None:
+        out = self.codec.output()
+        if out:
+            self.transport.write(out)
+        self.transport.set_reading(self.codec.wants_read())
 
     def connection_made(self) -> None:
         self.cluster.report_success(self.endpoint)
@@ -468,7 +401,7 @@ class UpstreamConnection:
         try:
             msgs = self.codec.feed(data, self._last)
         except EgError as err:
-            owner.upstream_failed(self, err)
+            owner.upstream_failed(self, err, stale=False)
             self.abort()
             return
         owner.upstream_messages(msgs)
@@ -481,7 +414,7 @@ class UpstreamConnection:
         try:
             msgs = self.codec.feed_eof(self.rt.loop.now)
         except EgError as err:
-            owner.upstream_failed(self, err)
+            owner.upstream_failed(self, err, stale=self.reused and not self.response_seen)
             self.close()
             return
         owner.upstream_messages(msgs)
@@ -497,34 +430,29 @@ class UpstreamConnection:
         self.owner = None
         if owner is None:
             return
-        if isinstance(exc, ConnectionRefusedError):
-            err: EgError = ConnectError(f"connect to {self.endpoint.key} failed: {exc}")
-        elif self.codec.response_started() or exc is not None:
-            err = Broken(f"upstream {self.endpoint.key} connection lost: {exc}", side=_UP,
-                         status_hint=502)
-        else:
-            err = Broken(f"upstream {self.endpoint.key} closed", side=_UP, status_hint=502)
-        owner.upstream_failed(self, err)
+        owner.upstream_failed(self, connection_error(self.endpoint, exc,
+                                                     self.codec.response_started()),
+                              stale=self.reused and not self.response_seen)
 
     def on_write_high(self) -> None:
         self.rt.shard.paused("upstream_send")
         owner = self.owner
-        if owner is not None and owner.exchange is not None:
+        if owner is not None:
             owner.exchange.upstream_congested(True)
-            owner.transport.set_reading(owner.codec.wants_read())
+            owner.down.pump()
 
     def on_write_low(self) -> None:
         owner = self.owner
-        if owner is not None and owner.exchange is not None:
+        if owner is not None:
             owner.exchange.upstream_congested(False)
-            owner.transport.set_reading(owner.codec.wants_read())
+            owner.down.pump()
 
     def on_crash(self, exc: BaseException) -> None:
         owner = self.owner
         self.owner = None
         self.abort()
         if owner is not None:
-            owner.on_crash(exc)
+            owner.down.on_crash(exc)
 
     def _on_timer(self, now: float) -> None:
         t = self.rt.config.timeouts
@@ -534,7 +462,7 @@ class UpstreamConnection:
         owner = self.owner
         if owner is None or self.transport.closed:
             return
-        if self.transport.connecting:
+        if self.transport.connecting or self.transport.handshaking:
             err: EgError = Timeout(f"connect to {self.endpoint.key} timed out", phase="connect",
                                    side=_UP, status_hint=504)
         elif now - self._last >= t.response:
@@ -545,13 +473,30 @@ class UpstreamConnection:
             return
         self.owner = None
         self.abort()
-        owner.upstream_failed(self, err)
+        owner.upstream_failed(self, err, stale=False)
 
     def close(self) -> None:
         self.transport.close()
 
     def abort(self) -> None:
         self.transport.abort()
+
+
+def connection_error(endpoint: Endpoint, exc: BaseException | None,
+                     response_started: bool) -> EgError:
+    """The error an upstream connection's loss means for a request on it."""
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(f"connect to {endpoint.key} failed: {exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectError(f"TLS to {endpoint.key}: certificate verification failed: "
+                            f"{exc.verify_message}", kind="tls_verify", retry=Retry.NO)
+    if isinstance(exc, ssl.SSLError):
+        return ConnectError(f"TLS to {endpoint.key} failed: {exc}", kind="tls",
+                            retry=Retry.NO)
+    if response_started or exc is not None:
+        return Broken(f"upstream {endpoint.key} connection lost: {exc}", side=_UP,
+                      status_hint=502)
+    return Broken(f"upstream {endpoint.key} closed", side=_UP, status_hint=502)
 
 
 #: Lingering close: at most this many request bytes are read and dropped, for at most
@@ -561,10 +506,3 @@ LINGER_SECONDS = 5.0
 
 _LIMIT_KINDS = frozenset({"head_size", "header_count", "body_size", "chunk_line"})
 
-
-def _host_of(authority: bytes) -> str:
-    """The lowercase host of an authority, without port or IPv6 brackets."""
-    host = authority.decode("latin-1").lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rpartition(":")[0] if ":" in host else host
