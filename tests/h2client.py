@@ -32,7 +32,7 @@ class H2Response:
 
     status: int = 0
     headers: list[Header] = dataclasses.field(default_factory=list)
-    body: bytes = b""
+    body: bytearray = dataclasses.field(default_factory=bytearray)
     trailers: list[Header] = dataclasses.field(default_factory=list)
     #: RST_STREAM error code, if the stream was reset instead of ending.
     reset: int | None = None

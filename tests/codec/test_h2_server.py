@@ -344,12 +344,23 @@ def request_with(**pseudo: bytes) -> list[tuple[bytes, bytes]]:
     request_with(authority=b"exa mple.com"),
     request_with(authority=b""),
     request_with(authority=b"example.com/x"),
+    [*request_with(), (b"host", b"other.example")],  # RFC 9113 §8.3.1 (h2 checks it)
+    [*request_with(), (b"host", b"example.com:8443")],
 ])
 def test_request_line_hazards_reset_the_stream(headers: list[tuple[bytes, bytes]]) -> None:
     h = ServerHarness(lax=True)
     sid = h.request(headers)
     assert h.to_server() == []
     assert_stream_refused(h, sid, ErrorCodes.PROTOCOL_ERROR)
+
+
+def test_host_equal_to_authority_passes() -> None:
+    h = ServerHarness()
+    h.request([*request_with(), (b"host", b"example.com")])
+    [head] = h.to_server()
+    assert isinstance(head, RequestHead)
+    assert head.authority == b"example.com"
+    assert all(name != b"host" for name, _ in head.headers)
 
 
 def test_options_asterisk_and_absolute_ports_pass() -> None:
