@@ -6,7 +6,9 @@ Writes, next to results.json:
 - throughput.png: requests/s against concurrency (keep-alive 6-byte GETs), one line per
   subject;
 - latency_c64.png: p50 / p99 / p99.9 per subject at c=64;
-- cpu_c64.png: proxy CPU µs per request per subject at c=64.
+- cpu_c64.png: proxy CPU µs per request per subject at c=64;
+- <h2 scenario key>.png (h2-small-c16m10.png, ...): for each HTTP/2 scenario, requests/s
+  and proxy CPU µs per request per subject, side by side (⚠ marks a flagged cell).
 """
 
 from __future__ import annotations
@@ -89,7 +91,41 @@ def main() -> int:
             fig.tight_layout()
             fig.savefig(out / "cpu_c64.png", dpi=110)
             plt.close(fig)
+
+    for sc in res["scenarios"]:
+        if sc.get("protocol") == "h2":
+            h2_chart(out, sc, subjects, cells.get(sc["key"], {}))
     return 0
+
+
+def h2_chart(out: Path, sc: dict, subjects: dict, cells: dict) -> None:
+    """Two panels for one HTTP/2 scenario: req/s, and proxy CPU µs per request."""
+    rows = [(subj["label"], cells[key]["summary"]) for key, subj in subjects.items()
+            if cells.get(key, {}).get("summary")]
+    if not rows:
+        return
+    labels = [label + (" ⚠" if s.get("flagged") else "") for label, s in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    left.barh(range(len(rows)), [s["rps"] or 0 for _, s in rows])
+    left.set_yticks(range(len(rows)))
+    left.set_yticklabels(labels, fontsize=8)
+    left.invert_yaxis()
+    left.set_xscale("log")
+    left.set_xlabel("requests/s (log)")
+    left.grid(True, axis="x", which="both", alpha=0.3)
+    cpu = [(i, s["proxy_cpu_us_per_req"]) for i, (_, s) in enumerate(rows)
+           if s.get("proxy_cpu_us_per_req")]
+    right.barh([i for i, _ in cpu], [v for _, v in cpu], color="tab:orange")
+    right.set_yticks(range(len(rows)))
+    right.set_yticklabels(labels, fontsize=8)
+    right.set_ylim(left.get_ylim())
+    right.set_xscale("log")
+    right.set_xlabel("proxy CPU µs per request (log; no bar: no proxy)")
+    right.grid(True, axis="x", which="both", alpha=0.3)
+    fig.suptitle(sc["title"] + " (h2load, h2c)")
+    fig.tight_layout()
+    fig.savefig(out / f"{sc['key']}.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Side-by-side HTTP benchmark of eg against nginx, HAProxy and Python proxies.
+"""Side-by-side HTTP/1.1 and HTTP/2 benchmark of eg against nginx, HAProxy and Python proxies.
 
     bench/run [--quick] [--out DIR]          (bench/run calls this on the eg interpreter)
 
@@ -9,10 +9,11 @@ What one run does:
    the system CPython 3.11. A failed install skips that subject with a note; the run goes on.
 2. Starts the origin (nginx: a 6-byte /small, static /1m and /64m), the upload sink
    (bench/sink.py) and every subject, all on 127.0.0.1 ports of their own.
-3. For each scenario, repetition by repetition, runs wrk against every subject in turn
-   (the order rotates each repetition), so that drift on the box hits every subject alike.
-   A 1-second warm-up precedes each subject's first measured run (pools fill, caches
-   warm). Reported values are medians over the repetitions.
+3. For each scenario, repetition by repetition, runs the client (wrk for HTTP/1.1, h2load
+   in h2c prior knowledge for HTTP/2) against every subject in turn (the order rotates each
+   repetition), so that drift on the box hits every subject alike. A 1-second warm-up
+   precedes each subject's first measured run of each protocol (pools fill, caches warm).
+   Reported values are medians over the repetitions.
 4. Reads, over each measured window: the subject's CPU time (utime + stime of its whole
    process tree from /proc), its resident set (sampled every 50 ms), the origin's and the
    client's CPU time, and the whole machine's busy time (to show foreign load).
@@ -22,9 +23,15 @@ What one run does:
 6. Writes results.json (every raw number), results.md (tables) and PNG charts to --out
    (default bench/results/<timestamp>/), then stops everything it started, also on Ctrl-C.
 
-Scenarios carry a protocol ("h1" today) and a client ("wrk"); subjects list the protocols
-they carry. HTTP/2 and HTTP/3 cells are new Scenario rows plus a client runner in CLIENTS
-(h2load for H2), and Caddy/Traefik hook in at peers.H3_HOOK.
+Scenarios carry a protocol ("h1" or "h2") and a client ("wrk" or "h2load"); subjects list
+the protocols they carry, and a cell whose subject does not carry its protocol is "not run"
+(with the reason in the report). HTTP/2 subjects listen h2c and proxy to the origin over
+HTTP/1.1, except eg's "-h2up" ones (h2c cluster to the origin's h2c port); "none" is h2load
+straight to the origin's h2c port. HTTP/3 cells would be new Scenario rows plus a client
+runner in CLIENTS; Caddy/Traefik hook in at peers.H3_HOOK.
+
+A run with socket errors, failed streams or non-2xx responses is flagged (console, table,
+ratios), never silently counted as throughput.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import socket
@@ -65,7 +73,8 @@ class Scenario:
     key: str
     title: str
     group: str
-    """small | close | download | upload: how the report labels and charts it."""
+    """small | close | download | upload | h2-small | h2-download: how the report labels
+    and charts it."""
     path: str = "/small"
     method: str = "GET"
     body: int = 0
@@ -73,10 +82,13 @@ class Scenario:
     payload: int = len(peers.SMALL_BODY)
     """Body bytes moved per request, either direction, for the MiB/s column."""
     connections: int = 64
+    streams: int = 1
+    """Concurrent streams per connection (h2load -m); HTTP/1.1 has one."""
     duration: int = 2
     """Seconds per measured run (wrk takes whole seconds)."""
     timeout: int = 10
-    """wrk's per-request timeout in seconds (a request slower than this is an error)."""
+    """wrk's per-request timeout in seconds (a request slower than this is an error); for
+    h2load, the connection inactivity timeout (-N)."""
     close: bool = False
     """Send ``Connection: close``: one new TCP connection per request."""
     protocol: str = "h1"
@@ -86,6 +98,22 @@ class Scenario:
 def _small(c: int, duration: int = 2) -> Scenario:
     return Scenario(key=f"small-c{c}", title=f"GET 6 B, keep-alive, c={c}", group="small",
                     connections=c, duration=duration)
+
+
+def _h2(c: int, m: int, *, path: str = "/small", duration: int = 3) -> Scenario:
+    """An h2load cell: c connections with m concurrent streams each, h2c prior knowledge."""
+    big = path == "/1m"
+    return Scenario(key=f"h2-{'down-1m' if big else 'small'}-c{c}m{m}",
+                    title=f"h2 GET {'1 MiB' if big else '6 B'}, c={c} "
+                          f"connection{'s' if c > 1 else ''}, m={m} stream{'s' if m > 1 else ''}"
+                          + (" each" if c > 1 else ""),
+                    group="h2-download" if big else "h2-small", path=path,
+                    payload=MiB if big else len(peers.SMALL_BODY), connections=c, streams=m,
+                    duration=duration, protocol="h2", client="h2load")
+
+
+# The HTTP/2 headline: requests/s and proxy CPU per request with 16 connections x 10 streams.
+H2_HEADLINE = _h2(16, 10)
 
 
 FULL = [
@@ -101,19 +129,22 @@ FULL = [
     Scenario(key="up-64m-c2", title="POST 64 MiB, keep-alive, c=2", group="upload",
              path="/upload", method="POST", body=64 * MiB, payload=64 * MiB, connections=2,
              duration=3, timeout=60),
+    H2_HEADLINE, _h2(1, 1), _h2(4, 4, path="/1m"),
 ]
 QUICK = [
     _small(64, duration=3),
     Scenario(key="down-1m-c16", title="GET 1 MiB, keep-alive, c=16", group="download",
              path="/1m", payload=MiB, connections=16, duration=3),
+    H2_HEADLINE,
 ]
-SMOKE = [_small(4, duration=1)]
+SMOKE = [_small(4, duration=1), _h2(2, 4, duration=1)]
 
 MODES: dict[str, dict[str, Any]] = {
     "full": {"scenarios": FULL, "reps": 3, "warmup": 1, "memory": True, "install": True,
              "subjects": None},
     "quick": {"scenarios": QUICK, "reps": 1, "warmup": 1, "memory": False, "install": True,
-              "subjects": ["none", "eg-1", "eg-all", "nginx-1", "nginx-auto"]},
+              "subjects": ["none", "eg-1", "eg-all", "eg-1-h2up", "eg-all-h2up", "nginx-1",
+                           "nginx-auto", "haproxy-1", "haproxy-all"]},
     "smoke": {"scenarios": SMOKE, "reps": 1, "warmup": 0, "memory": False, "install": False,
               "subjects": ["none", "eg-1"]},
 }
@@ -168,11 +199,53 @@ def wrk_script(tmp: Path, sc: Scenario) -> Path:
     return path
 
 
-def run_wrk(procs: Procs, *, wrk: str, script: Path, sc: Scenario, url: str,
-            duration: int) -> dict[str, Any]:
-    """One wrk run; returns its done() numbers plus its raw output."""
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Tools:
+    """The client binaries of this run and a scratch directory for their files."""
+
+    tmp: Path
+    wrk: str | None
+    h2load: str | None
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ClientRun:
+    """One client run, in the same terms whichever client made it.
+
+    ``requests`` are the completed ones (non-2xx included, as wrk counts them); ``errors``
+    are requests that got no response (socket errors, timeouts, reset streams);
+    ``non2xx`` are responses outside 2xx. ``latency_us`` is filled by ``finish()`` for
+    clients whose percentiles come from a log read after the measured window.
+    """
+
+    requests: int
+    seconds: float
+    errors: dict[str, int]
+    non2xx: int
+    statuses: dict[str, int]
+    latency_us: dict[str, float | None] | None
+    argv: list[str]
+    stdout: str
+    log: Path | None = None
+
+    def finish(self) -> None:
+        if self.latency_us is None:
+            self.latency_us = h2load_latency(self.log) if self.log else dict.fromkeys(
+                LATENCY_KEYS)
+
+
+LATENCY_KEYS = ("p50", "p75", "p90", "p99", "p99.9", "p99.99",
+                "lat_min", "lat_max", "lat_mean", "lat_stdev")
+PERCENTILES = ("p50", "p75", "p90", "p99", "p99.9", "p99.99")
+
+
+def run_wrk(procs: Procs, tools: Tools, *, sc: Scenario, url: str,
+            duration: int) -> ClientRun:
+    """One wrk run, from its done() JSON line."""
+    assert tools.wrk
+    script = wrk_script(tools.tmp, sc)
     # One wrk thread: on a 2-core box a second client thread only takes CPU from the proxy.
-    argv = [wrk, "-t1", f"-c{sc.connections}", f"-d{duration}s", "--timeout",
+    argv = [tools.wrk, "-t1", f"-c{sc.connections}", f"-d{duration}s", "--timeout",
             f"{sc.timeout}s", "--latency", "-s", str(script), url]
     proc = procs.spawn(argv, stdout=subprocess.PIPE)
     try:
@@ -183,15 +256,106 @@ def run_wrk(procs: Procs, *, wrk: str, script: Path, sc: Scenario, url: str,
     for line in text.splitlines():
         if line.startswith("WRKJSON "):
             data: dict[str, Any] = json.loads(line[8:])
-            data["argv"] = argv
-            data["stdout"] = text
-            return data
+            return ClientRun(
+                requests=int(data["requests"]), seconds=data["duration_us"] / 1e6 or 1.0,
+                errors={k: int(data[k]) for k in ("connect", "read", "write", "timeout")},
+                non2xx=int(data["status"]), statuses={},
+                latency_us={k: data[k] for k in LATENCY_KEYS}, argv=argv, stdout=text)
     raise RuntimeError(f"wrk printed no result (status {proc.returncode}): {text[-500:]!r}")
 
 
-CLIENTS: dict[str, Callable[..., dict[str, Any]]] = {
+# h2load's summary, e.g. (nghttp2 1.52):
+#   finished in 3.00s, 1840.67 req/s, 54.92KB/s
+#   requests: 5522 total, 5682 started, 5522 done, 5522 succeeded, 0 failed, 0 errored, 0 timeout
+#   status codes: 5522 2xx, 0 3xx, 0 4xx, 0 5xx
+# "failed" counts HTTP-level failures (4xx/5xx) plus "errored" (no response: reset, refused
+# or abandoned streams); "timeout" is a subset of "errored" (h2load's
+# process_timedout_streams -> process_abandoned_streams). Streams still in flight when the
+# timed window ends are "started" but not "done", and are not failures. "status codes"
+# counts response heads, so it can exceed "done" by the streams cut off mid-body.
+H2LOAD_DURATION = re.compile(r"^finished in ([0-9.]+)(us|ms|s|m|h)\b", re.M)
+H2LOAD_FIELD = re.compile(r"(\d+) (\w+)")
+H2LOAD_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_h2load(text: str) -> dict[str, Any]:
+    """The numbers of h2load's summary; raises ValueError if a line is missing."""
+    out: dict[str, Any] = {}
+    if not (m := H2LOAD_DURATION.search(text)):
+        raise ValueError("no 'finished in' line")
+    out["seconds"] = float(m.group(1)) * H2LOAD_UNITS[m.group(2)]
+    for prefix, key in (("requests:", "requests"), ("status codes:", "status")):
+        line = next((ln for ln in text.splitlines() if ln.startswith(prefix)), None)
+        if line is None:
+            raise ValueError(f"no {prefix!r} line")
+        out[key] = {name: int(n) for n, name in H2LOAD_FIELD.findall(line[len(prefix):])}
+    need = {"requests": ("total", "started", "done", "succeeded", "failed", "errored",
+                         "timeout"), "status": ("2xx", "3xx", "4xx", "5xx")}
+    for key, names in need.items():
+        if missing := [n for n in names if n not in out[key]]:
+            raise ValueError(f"h2load {key} line lacks {', '.join(missing)}")
+    return out
+
+
+def _rank(pct: str, n: int) -> int:
+    """Nearest-rank index of percentile ``pct`` ("p99.9") among ``n`` sorted samples."""
+    hundredths = round(float(pct[1:]) * 100)  # 99.99 -> 9999, exactly
+    return min(n - 1, max(0, -(-hundredths * n // 10000) - 1))
+
+
+def h2load_latency(log: Path) -> dict[str, float | None]:
+    """Percentiles of h2load --log-file (start µs, status, duration µs per completed request)."""
+    durations: list[int] = []
+    with contextlib.suppress(OSError), open(log, encoding="ascii", errors="replace") as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[2].strip().isdigit():
+                durations.append(int(parts[2]))
+    if not durations:
+        return dict.fromkeys(LATENCY_KEYS)
+    durations.sort()
+    n = len(durations)
+    lat: dict[str, float | None] = {p: float(durations[_rank(p, n)]) for p in PERCENTILES}
+    lat["lat_min"] = float(durations[0])
+    lat["lat_max"] = float(durations[-1])
+    lat["lat_mean"] = statistics.fmean(durations)
+    lat["lat_stdev"] = statistics.pstdev(durations) if n > 1 else 0.0
+    return lat
+
+
+def run_h2load(procs: Procs, tools: Tools, *, sc: Scenario, url: str,
+               duration: int) -> ClientRun:
+    """One timed h2load run (h2c prior knowledge, one client thread)."""
+    assert tools.h2load
+    log = tools.tmp / f"h2load-{sc.key}.log"
+    log.unlink(missing_ok=True)
+    # -t1 as for wrk; -N closes (and so flags) a connection silent for sc.timeout seconds.
+    argv = [tools.h2load, "-t1", f"-c{sc.connections}", f"-m{sc.streams}", "-D",
+            str(duration), "-N", f"{sc.timeout}s", f"--log-file={log}", url]
+    proc = procs.spawn(argv, stdout=subprocess.PIPE)
+    try:
+        out, _ = proc.communicate(timeout=duration + sc.timeout + 30)
+    finally:
+        procs.stop(proc, timeout=2)
+    text = out.decode(errors="replace")
+    try:
+        res = parse_h2load(text)
+    except ValueError as exc:
+        raise RuntimeError(f"h2load: {exc} (status {proc.returncode}): "
+                           f"{text[-500:]!r}") from None
+    req, st = res["requests"], res["status"]
+    return ClientRun(
+        requests=req["done"], seconds=res["seconds"] or 1.0,
+        errors={"errored": req["errored"]},
+        non2xx=st["3xx"] + st["4xx"] + st["5xx"],
+        statuses={**st, "succeeded": req["succeeded"], "failed": req["failed"],
+                  "timeout": req["timeout"], "started": req["started"]},
+        latency_us=None, argv=argv, stdout=text, log=log)
+
+
+CLIENTS: dict[str, Callable[..., ClientRun]] = {
     "wrk": run_wrk,
-    # "h2load": run_h2load  (HTTP/2 cells, to come)
+    "h2load": run_h2load,
 }
 
 
@@ -227,7 +391,7 @@ class RssSampler:
             self.peak_kib = max(self.peak_kib, peers.rss_kib(self.pids))
 
 
-def measure(env: Env, running: Running, *, sc: Scenario, script: Path, wrk: str,
+def measure(env: Env, running: Running, *, sc: Scenario, tools: Tools,
             duration: int) -> dict[str, Any]:
     """One measured run of one cell, with the CPU and memory readings around it."""
     pids = peers.process_tree(running.pid) if running.pid else []
@@ -240,8 +404,8 @@ def measure(env: Env, running: Running, *, sc: Scenario, script: Path, wrk: str,
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     with RssSampler(pids) as rss:
-        res = CLIENTS[sc.client](env.procs, wrk=wrk, script=script, sc=sc,
-                                 url=running.url(sc.path), duration=duration)
+        res = CLIENTS[sc.client](env.procs, tools, sc=sc,
+                                 url=running.url(sc.path, sc.protocol), duration=duration)
     wall = time.monotonic() - t0
     cpu = peers.cpu_seconds(pids) - cpu0
     ocpu = peers.cpu_seconds(origin_pids) - ocpu0
@@ -251,18 +415,21 @@ def measure(env: Env, running: Running, *, sc: Scenario, script: Path, wrk: str,
     client = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     harness = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
     busy = sys1["busy"] - sys0["busy"]
-    reqs = int(res["requests"])
-    secs = res["duration_us"] / 1e6 or 1.0
-    errors = int(res["connect"] + res["read"] + res["write"] + res["timeout"])
+    res.finish()  # after the readings: reading h2load's log is not the subject's work
+    assert res.latency_us is not None
+    reqs = res.requests
+    secs = res.seconds
+    errors = sum(res.errors.values())
     return {
         "requests": reqs,
         "rps": reqs / secs,
         "mib_s": reqs * sc.payload / secs / MiB,
-        "latency_us": {k: res[k] for k in ("p50", "p75", "p90", "p99", "p99.9", "p99.99",
-                                           "lat_min", "lat_max", "lat_mean", "lat_stdev")},
-        "socket_errors": {k: int(res[k]) for k in ("connect", "read", "write", "timeout")},
+        "latency_us": res.latency_us,
+        "socket_errors": res.errors,
         "errors": errors,
-        "non2xx": int(res["status"]),
+        "non2xx": res.non2xx,
+        "statuses": res.statuses,
+        "flagged": bool(errors or res.non2xx or not reqs),
         "proxy_cpu_s": cpu if pids else None,
         "proxy_cpu_us_per_req": (cpu / reqs * 1e6) if pids and reqs else None,
         "proxy_rss_peak_kib": rss.peak_kib if pids else None,
@@ -274,9 +441,9 @@ def measure(env: Env, running: Running, *, sc: Scenario, script: Path, wrk: str,
         "machine_steal_s": sys1["steal"] - sys0["steal"],
         "foreign_cpu_s": busy - cpu - ocpu - client - harness,
         "window_s": wall,
-        "wrk_duration_s": secs,
+        "client_duration_s": secs,
         "loadavg": os.getloadavg(),
-        "wrk": {"argv": res["argv"], "stdout": res["stdout"]},
+        "client": {"argv": res.argv, "stdout": res.stdout},
     }
 
 
@@ -286,8 +453,11 @@ def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [r[key] for r in runs if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    lat = {k: statistics.median(r["latency_us"][k] for r in runs)
-           for k in ("p50", "p75", "p90", "p99", "p99.9", "p99.99")}
+    def med_lat(k: str) -> float | None:
+        vals = [r["latency_us"][k] for r in runs if r["latency_us"].get(k) is not None]
+        return statistics.median(vals) if vals else None
+
+    lat = {k: med_lat(k) for k in PERCENTILES}
     rss = [r["proxy_rss_peak_kib"] for r in runs if r.get("proxy_rss_peak_kib") is not None]
     return {
         "reps": len(runs),
@@ -298,6 +468,7 @@ def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": sum(r["errors"] for r in runs),
         "non2xx": sum(r["non2xx"] for r in runs),
         "requests": sum(r["requests"] for r in runs),
+        "flagged": any(r["flagged"] for r in runs),
         "proxy_cpu_us_per_req": med("proxy_cpu_us_per_req"),
         "proxy_rss_peak_kib": max(rss) if rss else None,
         "origin_cpu_us_per_req": statistics.median(
@@ -316,30 +487,32 @@ def rotate(items: Sequence[Running], k: int) -> list[Running]:
     return [*items[k:], *items[:k]]
 
 
+def carries(running: Running, sc: Scenario) -> bool:
+    return sc.protocol in running.subject.protocols and sc.protocol not in running.lacks
+
+
 def run_matrix(env: Env, runnings: list[Running], *, scenarios: Sequence[Scenario],
-               reps: int, warmup: int, wrk: str, results: dict[str, Any]) -> None:
+               reps: int, warmup: int, tools: Tools, results: dict[str, Any]) -> None:
     """Every scenario, subject and repetition, subjects alternating within each repetition."""
     cells = results["cells"]
-    warmed: set[str] = set()
-    total = sum(len([r for r in runnings if sc.protocol in r.subject.protocols])
-                for sc in scenarios) * reps
+    warmed: set[tuple[str, str]] = set()
+    total = sum(len([r for r in runnings if carries(r, sc)]) for sc in scenarios) * reps
     done = 0
     for sc in scenarios:
-        script = wrk_script(env.tmp, sc)
-        subjects = [r for r in runnings if sc.protocol in r.subject.protocols]
+        subjects = [r for r in runnings if carries(r, sc)]
         for rep in range(reps):
             for running in rotate(subjects, rep):
                 key = running.subject.key
                 cell = cells.setdefault(sc.key, {}).setdefault(key, {"runs": [], "failures": []})
                 done += 1
                 try:
-                    if warmup and key not in warmed:
-                        CLIENTS[sc.client](env.procs, wrk=wrk, script=script, sc=sc,
-                                           url=running.url(sc.path), duration=warmup)
+                    if warmup and (key, sc.protocol) not in warmed:
+                        CLIENTS[sc.client](env.procs, tools, sc=sc,
+                                           url=running.url(sc.path, sc.protocol),
+                                           duration=warmup)
                         time.sleep(SETTLE)
-                    warmed.add(key)
-                    run = measure(env, running, sc=sc, script=script, wrk=wrk,
-                                  duration=sc.duration)
+                    warmed.add((key, sc.protocol))
+                    run = measure(env, running, sc=sc, tools=tools, duration=sc.duration)
                 except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
                     cell["failures"].append(f"rep {rep}: {exc}")
                     say(f"[{done}/{total}] {sc.key} {key} rep {rep}: FAILED {exc}")
@@ -347,11 +520,13 @@ def run_matrix(env: Env, runnings: list[Running], *, scenarios: Sequence[Scenari
                 run["rep"] = rep
                 cell["runs"].append(run)
                 cpu = run["proxy_cpu_us_per_req"]
-                say(f"[{done}/{total}] {sc.key:<12} {key:<12} rep {rep}: "
-                    f"{run['rps']:>9.0f} req/s  p99 {run['latency_us']['p99'] / 1e3:8.2f} ms  "
+                p99 = run["latency_us"]["p99"]
+                say(f"[{done}/{total}] {sc.key:<16} {key:<12} rep {rep}: "
+                    f"{run['rps']:>9.0f} req/s  "
+                    + (f"p99 {p99 / 1e3:8.2f} ms  " if p99 is not None else "p99        - ms  ")
                     + (f"cpu {cpu:8.1f} µs/req  " if cpu is not None else "")
-                    + (f"err {run['errors']} non2xx {run['non2xx']}"
-                       if run["errors"] or run["non2xx"] else ""))
+                    + (f"FLAGGED: err {run['errors']} {run['socket_errors']} non2xx "
+                       f"{run['non2xx']}" if run["flagged"] else ""))
                 time.sleep(SETTLE)
         for cell in cells.get(sc.key, {}).values():
             if cell["runs"]:
@@ -498,7 +673,8 @@ def raise_nofile() -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="c=64 keep-alive and 1 MiB download, one run each, 5 subjects")
+                   help="H1 c=64 keep-alive and 1 MiB download, h2 c=16 m=10, one run each, "
+                        "9 subjects")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="output directory "
                    "(default bench/results/<timestamp>/)")
@@ -564,12 +740,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(), "versions": {"eg": peers.eg_version()}, "notes": [],
         "method": {"reps": reps, "warmup_s": cfg["warmup"], "settle_s": SETTLE,
                    "client": "wrk -t1 --latency with a Lua done() hook",
+                   "client_h2": "h2load -t1 -D (h2c prior knowledge); latency percentiles "
+                                "from its --log-file; req/s counts completed streams",
                    "order": "subjects rotate each repetition; medians over repetitions",
                    "rss": f"sum of VmRSS over the process tree, sampled every "
                           f"{SAMPLE_EVERY * 1000:.0f} ms",
                    "cpu": "utime+stime of the subject's process tree over the window"},
         "scenarios": [dataclasses.asdict(s) for s in scenarios],
-        "subjects": {}, "cells": {}, "memory": [], "skipped": dict(peers.H3_HOOK),
+        "subjects": {}, "cells": {}, "not_run": {}, "memory": [],
+        "skipped": dict(peers.H3_HOOK),
     }
     notes: list[str] = results["notes"]
     procs = Procs()
@@ -578,11 +757,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="eg-bench-") as tmpdir:
             env = Env(tmp=Path(tmpdir), logs=logs, procs=procs, ncpu=ncpu,
                       eg_python=sys.executable)
-            needs = ["wrk", "nginx"] + [n for s in subjects for n in s.needs]
+            needs = ["nginx", *(sc.client for sc in scenarios)]
+            needs += [n for s in subjects for n in s.needs]
             if memory:
                 needs += [n for s in subjects if s.key in MEMORY_SUBJECTS for n in s.needs]
-            if mode == "full":
-                needs.append("h2load")
             if charts:
                 needs.append("charts")
             needs = list(dict.fromkeys(needs))
@@ -596,11 +774,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"missing {key}: {why}")
             results["versions"].update({k: peers.version_of(k) for k in needs
                                         if k not in missing})
-            if "wrk" in missing or "nginx" in missing:
-                raise RuntimeError("wrk and nginx are required (client and origin)")
-            wrk = peers.REQUIREMENTS["wrk"].path()
+            if "nginx" in missing:
+                raise RuntimeError("nginx is required (the origin)")
             nginx = peers.REQUIREMENTS["nginx"].path()
-            assert wrk and nginx
+            assert nginx
+            tools = Tools(tmp=env.tmp, wrk=peers.REQUIREMENTS["wrk"].path(),
+                          h2load=peers.REQUIREMENTS["h2load"].path())
+            for sc in [sc for sc in scenarios if sc.client in missing]:
+                notes.append(f"{sc.key}: not run, {missing[sc.client]}")
+                results["not_run"][sc.key] = {"*": missing[sc.client]}
+            scenarios = [sc for sc in scenarios if sc.client not in missing]
+            if not scenarios:
+                raise RuntimeError("no client for any scenario (wrk, h2load)")
 
             files = sorted(({sc.path.strip("/") for sc in scenarios}
                             | ({"64m"} if memory else set())) & set(peers.FILES))
@@ -612,9 +797,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for s in subjects:
                 info: dict[str, Any] = {"label": s.label, "family": s.family,
                                         "workers": s.workers, "config": s.config,
-                                        "protocols": sorted(s.protocols)}
+                                        "protocols": sorted(s.protocols),
+                                        "not_run": dict(s.not_run)}
                 results["subjects"][s.key] = info
                 lacking = [n for n in s.needs if n in missing]
+                if not s.protocols & {sc.protocol for sc in scenarios}:
+                    info["status"] = "not run"
+                    info["note"] = "carries none of this run's protocols"
+                    continue
                 if lacking:
                     info["status"] = "skipped"
                     info["note"] = "; ".join(missing[n] for n in lacking)
@@ -629,11 +819,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 info["status"] = "ok"
                 info["port"] = running.port
+                info["h2_port"] = running.h2_port
+                for proto, why in running.lacks.items():
+                    info["not_run"][proto] = f"failed its start check: {why}"
+                    notes.append(f"{s.key}: {proto} not run, start check failed: {why}")
                 runnings.append(running)
-                say(f"{s.key} up on :{running.port}")
+                say(f"{s.key} up: "
+                    + ", ".join(f"{name} on :{port}" for name, port in (
+                        ("h1", running.port), ("h2c", running.h2_port)) if port)
+                    + "".join(f" ({p} lacking: {w})" for p, w in running.lacks.items()))
+
+            for sc in scenarios:
+                for s in subjects:
+                    info = results["subjects"][s.key]
+                    if sc.protocol not in s.protocols or sc.protocol in info["not_run"]:
+                        why = info["not_run"].get(sc.protocol, f"does not carry {sc.protocol}")
+                        results["not_run"].setdefault(sc.key, {})[s.key] = why
+                    elif info.get("status") != "ok":
+                        results["not_run"].setdefault(sc.key, {})[s.key] = info.get("note", "")
 
             run_matrix(env, runnings, scenarios=scenarios, reps=reps, warmup=cfg["warmup"],
-                       wrk=wrk, results=results)
+                       tools=tools, results=results)
             for r in runnings:
                 if r.proc:
                     pids = peers.process_tree(r.proc.pid)

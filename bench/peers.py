@@ -3,6 +3,10 @@
 A *subject* is what sits between the load generator and the origin: nothing at all (the
 physical limit of this box), eg, or a peer proxy. Each is started once per run with its own
 config on a free loopback port and stays up while the scenarios rotate over all of them.
+A subject that carries HTTP/2 listens on a second port for it: cleartext h2c with prior
+knowledge (eg ``protocol = "h2c"``, nginx ``listen ... http2``, HAProxy ``bind ... proto
+h2``), proxying HTTP/1.1 to the origin, which itself has an h2c port too (the "no proxy"
+ceiling, and the upstream of the eg subjects with an h2c cluster).
 
 Every child runs in its own session (so a Ctrl-C on the terminal reaches only the driver,
 which then stops them in order) under ``setpriv --pdeathsig KILL`` when available (so even
@@ -39,6 +43,10 @@ STOP_TIMEOUT = 15.0
 HAPROXY_MAXCONN = 8192
 # Upstream keep-alive pool, per endpoint, given to every proxy that has one (eg, nginx).
 UPSTREAM_IDLE = 256
+# nginx's keepalive_requests also caps the requests of one HTTP/2 connection (default 1000;
+# then GOAWAY), and h2load does not reconnect after a GOAWAY: its clients would just stop.
+# The H2 fronts and the origin lift it; eg and HAProxy have no such cap on HTTP/2.
+H2_KEEPALIVE_REQUESTS = 100_000_000
 
 MiB = 1024 * 1024
 SMALL_BODY = b"hello\n"
@@ -231,7 +239,7 @@ REQUIREMENTS = {r.key: r for r in (
     Requirement(key="wrk", exe="wrk", apt="wrk"),
     Requirement(key="nginx", exe="nginx", apt="nginx"),
     Requirement(key="haproxy", exe="haproxy", apt="haproxy"),
-    # Client for the HTTP/2 cells to come (h2load --h1 cannot disable keep-alive, so the H1
+    # Client for the HTTP/2 cells (h2load --h1 cannot disable keep-alive, so the H1
     # scenarios all use wrk).
     Requirement(key="h2load", exe="h2load", apt="nghttp2-client"),
     Requirement(key="mitmproxy", exe="mitmdump", pip=("mitmproxy>=11,<12",)),
@@ -338,6 +346,8 @@ class Env:
     ncpu: int
     eg_python: str
     origin_port: int = 0
+    origin_h2_port: int = 0
+    """The origin's cleartext HTTP/2 (prior knowledge) port."""
     sink_port: int = 0
     origin: subprocess.Popen[bytes] | None = None
     sink: subprocess.Popen[bytes] | None = None
@@ -358,6 +368,9 @@ def _nginx_common(tmp: Path, name: str) -> tuple[str, str]:
 def start_origin(env: Env, nginx: str, files: Sequence[str]) -> None:
     """nginx origin: /small (6 bytes from ``return``), static /1m and /64m via sendfile.
 
+    It serves HTTP/1.1 on ``env.origin_port`` and h2c (prior knowledge) on
+    ``env.origin_h2_port``, the same content.
+
     One worker process: on a 2-core box every process here shares the cores, and one nginx
     worker serves tiny responses several times faster than any proxy in front can ask.
     keepalive_requests is effectively unlimited so the subjects' upstream pools stay warm.
@@ -373,6 +386,7 @@ def start_origin(env: Env, nginx: str, files: Sequence[str]) -> None:
                     f.write(block)
     head, temps = _nginx_common(env.tmp, "origin")
     env.origin_port = free_port()
+    env.origin_h2_port = free_port()
     conf = env.tmp / "origin.conf"
     conf.write_text(f"""worker_processes 1;
 {head}
@@ -386,6 +400,7 @@ http {{
   keepalive_timeout 300s;
   server {{
     listen 127.0.0.1:{env.origin_port} backlog=4096;
+    listen 127.0.0.1:{env.origin_h2_port} http2 backlog=4096;
     root {www};
     location = /small {{ default_type text/plain; return 200 "{SMALL_BODY.decode().strip()}\\n"; }}
   }}
@@ -394,6 +409,7 @@ http {{
     env.origin = env.procs.spawn([nginx, "-e", str(env.tmp / "origin" / "error.log"),
                                   "-c", str(conf)], log=env.logs / "origin.log")
     wait_port(env.origin_port, env.origin)
+    wait_port(env.origin_h2_port, env.origin)
 
 
 def start_sink(env: Env) -> None:
@@ -418,6 +434,10 @@ class Subject:
     needs: tuple[str, ...] = ()
     protocols: frozenset[str] = frozenset({"h1"})
     """Scenario protocols this subject can carry (cells for others are not run)."""
+    not_run: tuple[tuple[str, str], ...] = ()
+    """(protocol, why) for protocols it does not carry, for the report."""
+    upstream: str = "h1"
+    """eg only: the cluster protocol towards the origin (h1, or h2c to its h2c port)."""
     workers: int = 1
     """Worker threads or processes; 0 means one per usable CPU."""
     config: str = ""
@@ -431,21 +451,64 @@ class Running:
     proc: subprocess.Popen[bytes] | None
     upload_port: int = 0
     """Where uploads go; differs from ``port`` only for the no-proxy baseline."""
+    h2_port: int = 0
+    """The cleartext HTTP/2 (prior knowledge) listener, for subjects that carry h2."""
+    lacks: dict[str, str] = dataclasses.field(default_factory=dict)
+    """protocol -> why: protocols it claims but failed its start check for."""
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def url(self, path: str) -> str:
+    def url(self, path: str, protocol: str = "h1") -> str:
+        if protocol == "h2":
+            return f"http://127.0.0.1:{self.h2_port}{path}"
         port = self.upload_port if path.startswith("/upload") and self.upload_port else self.port
         return f"http://127.0.0.1:{port}{path}"
 
 
 def _start_none(env: Env, subject: Subject) -> Running:
-    return Running(subject=subject, port=env.origin_port, proc=None, upload_port=env.sink_port)
+    return Running(subject=subject, port=env.origin_port, proc=None, upload_port=env.sink_port,
+                   h2_port=env.origin_h2_port)
 
 
-def eg_config(env: Env, port: int, workers: int) -> str:
+def eg_config(env: Env, port: int, workers: int, *, h2_port: int = 0,
+              upstream: str = "h1") -> str:
+    """An HTTP/1.1 listener on ``port`` and, if ``h2_port``, an h2c one on it.
+
+    Routes are not per listener, so an h2c upstream is a config of its own: the h2c listener
+    alone (``port`` 0), every route to the origin's h2c port.
+    """
+    if upstream == "h2c":
+        return f"""[runtime]
+workers = {workers}
+
+[observability]
+metrics_bind = ""
+access_log = false
+
+[[listeners]]
+name = "bench-h2"
+address = "127.0.0.1:{h2_port}"
+protocol = "h2c"
+
+[[clusters]]
+name = "origin"
+protocol = "h2c"
+endpoints = ["127.0.0.1:{env.origin_h2_port}"]
+[clusters.pool]
+max_idle = {UPSTREAM_IDLE}
+
+[[routes]]
+path_prefix = "/"
+cluster = "origin"
+"""
+    h2 = f"""
+[[listeners]]
+name = "bench-h2"
+address = "127.0.0.1:{h2_port}"
+protocol = "h2c"
+""" if h2_port else ""
     return f"""[runtime]
 workers = {workers}
 
@@ -456,7 +519,7 @@ access_log = false
 [[listeners]]
 name = "bench"
 address = "127.0.0.1:{port}"
-
+{h2}
 [[clusters]]
 name = "origin"
 endpoints = ["127.0.0.1:{env.origin_port}"]
@@ -480,19 +543,24 @@ cluster = "origin"
 
 
 def _start_eg(env: Env, subject: Subject) -> Running:
-    port = free_port()
+    port = free_port() if "h1" in subject.protocols else 0
+    h2_port = free_port() if "h2" in subject.protocols else 0
     cfg = env.tmp / f"{subject.key}.toml"
-    cfg.write_text(eg_config(env, port, subject.workers))
+    cfg.write_text(eg_config(env, port, subject.workers, h2_port=h2_port,
+                             upstream=subject.upstream))
     log = env.logs / f"{subject.key}.log"
     proc = env.procs.spawn([env.eg_python, "-m", "eg", str(cfg)], log=log, cwd=ROOT)
-    wait_port(port, proc)
-    return Running(subject=subject, port=port, proc=proc)
+    for p in (port, h2_port):
+        if p:
+            wait_port(p, proc)
+    return Running(subject=subject, port=port, proc=proc, h2_port=h2_port)
 
 
 def _start_nginx(env: Env, subject: Subject) -> Running:
     nginx = REQUIREMENTS["nginx"].path()
     assert nginx
     port = free_port()
+    h2_port = free_port()
     head, temps = _nginx_common(env.tmp, subject.key)
     workers = "auto" if subject.workers == 0 else str(subject.workers)
     conf = env.tmp / f"{subject.key}.conf"
@@ -504,12 +572,18 @@ http {{
   client_max_body_size 0;
   upstream origin {{ server 127.0.0.1:{env.origin_port}; keepalive {UPSTREAM_IDLE}; }}
   upstream sink {{ server 127.0.0.1:{env.sink_port}; keepalive {UPSTREAM_IDLE}; }}
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_request_buffering off;
+  proxy_max_temp_file_size 0;
   server {{
     listen 127.0.0.1:{port} backlog=4096;
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    proxy_request_buffering off;
-    proxy_max_temp_file_size 0;
+    location / {{ proxy_pass http://origin; }}
+    location /upload {{ proxy_pass http://sink; }}
+  }}
+  server {{
+    listen 127.0.0.1:{h2_port} http2 backlog=4096;
+    keepalive_requests {H2_KEEPALIVE_REQUESTS};
     location / {{ proxy_pass http://origin; }}
     location /upload {{ proxy_pass http://sink; }}
   }}
@@ -518,13 +592,15 @@ http {{
     proc = env.procs.spawn([nginx, "-e", str(env.tmp / subject.key / "error.log"),
                             "-c", str(conf)], log=env.logs / f"{subject.key}.log")
     wait_port(port, proc)
-    return Running(subject=subject, port=port, proc=proc)
+    wait_port(h2_port, proc)
+    return Running(subject=subject, port=port, proc=proc, h2_port=h2_port)
 
 
 def _start_haproxy(env: Env, subject: Subject) -> Running:
     haproxy = REQUIREMENTS["haproxy"].path()
     assert haproxy
     port = free_port()
+    h2_port = free_port()
     threads = subject.workers or env.ncpu
     conf = env.tmp / f"{subject.key}.cfg"
     conf.write_text(f"""global
@@ -540,6 +616,7 @@ defaults
 
 frontend bench
   bind 127.0.0.1:{port}
+  bind 127.0.0.1:{h2_port} proto h2
   use_backend sink if {{ path_beg /upload }}
   default_backend origin
 
@@ -551,7 +628,8 @@ backend sink
 """)
     proc = env.procs.spawn([haproxy, "-db", "-f", str(conf)], log=env.logs / f"{subject.key}.log")
     wait_port(port, proc)
-    return Running(subject=subject, port=port, proc=proc)
+    wait_port(h2_port, proc)
+    return Running(subject=subject, port=port, proc=proc, h2_port=h2_port)
 
 
 def _start_mitmproxy(env: Env, subject: Subject) -> Running:
@@ -619,25 +697,62 @@ STARTERS: dict[str, Callable[[Env, Subject], Running]] = {
 }
 
 
+def h2_status(port: int, path: str) -> tuple[int, str]:
+    """One h2c prior-knowledge GET with h2load; (status, '') or (0, why it failed)."""
+    exe = REQUIREMENTS["h2load"].path()
+    if exe is None:
+        return 0, "h2load not installed"
+    try:
+        res = subprocess.run([exe, "-n1", "-c1", "-t1", f"http://127.0.0.1:{port}{path}"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 0, f"h2load: {exc}"
+    for line in res.stdout.splitlines():
+        if line.startswith("status codes:"):
+            counts = [int(w) for w in line.split(":", 1)[1].replace(",", " ").split()
+                      if w.isdigit()]
+            for status, n in zip((200, 300, 400, 500), counts, strict=False):
+                if n:
+                    return status, ""
+    tail = " ".join((res.stdout + res.stderr).split())[-200:]
+    return 0, f"h2load -n1 got no response: {tail}"
+
+
 def start(env: Env, subject: Subject) -> Running:
-    """Start a subject and check that it proxies both a GET and an upload (status 200)."""
+    """Start a subject and check that it proxies a GET and an upload (status 200).
+
+    HTTP/1.1 checks are fatal (the subject is skipped); a failed h2c GET only marks h2 as
+    lacking (``Running.lacks``), so that its HTTP/1.1 cells still run.
+    """
     kind = subject.key.split("-")[0] if subject.family == "python" else subject.family
     running = STARTERS[kind](env, subject)
-    port = running.port
-    status = http_status(port, "/small")
-    if status != 200:
-        raise RuntimeError(f"GET /small answered {status}")
-    up = running.upload_port or port
-    status = http_status(up, "/upload", method="POST", body=b"x" * 1000)
-    if status != 200:
-        raise RuntimeError(f"POST /upload answered {status}")
+    if "h1" in subject.protocols:
+        port = running.port
+        status = http_status(port, "/small")
+        if status != 200:
+            raise RuntimeError(f"GET /small answered {status}")
+        up = running.upload_port or port
+        status = http_status(up, "/upload", method="POST", body=b"x" * 1000)
+        if status != 200:
+            raise RuntimeError(f"POST /upload answered {status}")
+    if "h2" in subject.protocols and REQUIREMENTS["h2load"].path():  # else no h2 cell runs
+        status, why = h2_status(running.h2_port, "/small")
+        if status != 200:
+            why = why or f"h2c GET /small answered {status}"
+            if "h1" not in subject.protocols:
+                raise RuntimeError(why)
+            running.lacks["h2"] = why
     return running
 
 
-def _eg_label(workers: int, ncpu: int) -> str:
+def _eg_label(workers: int, ncpu: int, upstream: str = "h1") -> str:
+    up = ", h2c upstream" if upstream == "h2c" else ""
     if workers == 0:
-        return f"eg, all workers ({ncpu})"
-    return f"eg, {workers} worker" + ("s" if workers > 1 else "")
+        return f"eg, all workers ({ncpu}){up}"
+    return f"eg, {workers} worker" + ("s" if workers > 1 else "") + up
+
+
+H1_H2 = frozenset({"h1", "h2"})
 
 
 def all_subjects(ncpu: int) -> list[Subject]:
@@ -646,25 +761,48 @@ def all_subjects(ncpu: int) -> list[Subject]:
         Subject(key="none", label="no proxy (client → origin)", family="none", needs=(),
                 protocols=frozenset({"h1", "h2"}), config="the physical limit of this box"),
         Subject(key="eg-1", label=_eg_label(1, ncpu), family="eg", workers=1,
-                config=f"runtime.workers = 1, access_log off, upstream pool {UPSTREAM_IDLE}"),
+                protocols=H1_H2,
+                config=f"runtime.workers = 1, access_log off, upstream pool {UPSTREAM_IDLE}; "
+                       "h2: an h2c listener, same HTTP/1.1 cluster"),
         Subject(key="eg-all", label=_eg_label(0, ncpu), family="eg", workers=0,
-                config=f"runtime.workers = 0, access_log off, upstream pool {UPSTREAM_IDLE}"),
+                protocols=H1_H2,
+                config=f"runtime.workers = 0, access_log off, upstream pool {UPSTREAM_IDLE}; "
+                       "h2: an h2c listener, same HTTP/1.1 cluster"),
+        Subject(key="eg-1-h2up", label=_eg_label(1, ncpu, "h2c"), family="eg", workers=1,
+                protocols=frozenset({"h2"}), upstream="h2c",
+                not_run=(("h1", "HTTP/2 only: h2c listener → h2c cluster"),),
+                config="runtime.workers = 1; h2c listener → cluster protocol = \"h2c\" → "
+                       "the origin's h2c port"),
+        Subject(key="eg-all-h2up", label=_eg_label(0, ncpu, "h2c"), family="eg", workers=0,
+                protocols=frozenset({"h2"}), upstream="h2c",
+                not_run=(("h1", "HTTP/2 only: h2c listener → h2c cluster"),),
+                config="runtime.workers = 0; h2c listener → cluster protocol = \"h2c\" → "
+                       "the origin's h2c port"),
         Subject(key="nginx-1", label="nginx, 1 worker", family="nginx", needs=("nginx",),
-                workers=1, config=f"worker_processes 1; upstream keepalive {UPSTREAM_IDLE}; "
-                                  "proxy_request_buffering off; proxy_max_temp_file_size 0"),
+                workers=1, protocols=H1_H2,
+                config=f"worker_processes 1; upstream keepalive {UPSTREAM_IDLE}; "
+                       "proxy_request_buffering off; proxy_max_temp_file_size 0; h2: "
+                       f"listen http2, keepalive_requests {H2_KEEPALIVE_REQUESTS:_}"),
         Subject(key="nginx-auto", label=f"nginx, auto ({ncpu})", family="nginx",
-                needs=("nginx",), workers=0,
+                needs=("nginx",), workers=0, protocols=H1_H2,
                 config=f"worker_processes auto; upstream keepalive {UPSTREAM_IDLE}; "
-                       "proxy_request_buffering off; proxy_max_temp_file_size 0"),
+                       "proxy_request_buffering off; proxy_max_temp_file_size 0; h2: "
+                       f"listen http2, keepalive_requests {H2_KEEPALIVE_REQUESTS:_}"),
         Subject(key="haproxy-1", label="HAProxy, nbthread 1", family="haproxy",
-                needs=("haproxy",), workers=1, config="nbthread 1; defaults otherwise"),
+                needs=("haproxy",), workers=1, protocols=H1_H2,
+                config="nbthread 1; defaults otherwise; h2: bind proto h2"),
         Subject(key="haproxy-all", label=f"HAProxy, nbthread {ncpu}", family="haproxy",
-                needs=("haproxy",), workers=0, config=f"nbthread {ncpu}; defaults otherwise"),
+                needs=("haproxy",), workers=0, protocols=H1_H2,
+                config=f"nbthread {ncpu}; defaults otherwise; h2: bind proto h2"),
         Subject(key="mitmproxy", label="mitmproxy (reverse mode)", family="python",
                 needs=("mitmproxy",), workers=1,
+                not_run=(("h2", "mitmproxy 11 has no cleartext h2c prior knowledge (HTTP/2 "
+                                "to clients only over TLS with ALPN; mitmproxy#3362, "
+                                "PR #8127 open)"),),
                 config="mitmdump --mode reverse, stream_large_bodies=1m, CPython 3.11"),
         Subject(key="proxypy", label=f"proxy.py (reverse, {ncpu} acceptors)", family="python",
                 needs=("proxypy",), workers=0,
+                not_run=(("h2", "proxy.py 2.4 has no HTTP/2 server side"),),
                 config="--enable-reverse-proxy --threaded with a catch-all route plugin, "
                        "CPython 3.11"),
     ]

@@ -25,8 +25,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _flagged(s: dict[str, Any] | None) -> bool:
+    """A cell with errors, non-2xx responses or nothing completed (older runs: recomputed)."""
+    if not s:
+        return False
+    return bool(s.get("flagged", s["errors"] or s["non2xx"] or not s["requests"]))
+
+
 def ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per scenario: eg against nginx, the best Python peer, no proxy, and itself at 1 worker."""
+    """Per scenario: eg against nginx, HAProxy, the best Python peer, no proxy, itself at 1
+    worker, and (HTTP/2) itself with an h2c upstream. ``flagged`` lists the subjects of the
+    scenario whose cell had errors or non-2xx responses: ratios involving them are suspect."""
     out: dict[str, dict[str, Any]] = {}
     python_peers = [k for k, s in results["subjects"].items() if s["family"] == "python"]
     for sc in results["scenarios"]:
@@ -42,15 +51,24 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
         best_py = max(((rps(p) or 0.0, p) for p in python_peers), default=(0.0, None))
         row = {
+            "protocol": sc.get("protocol", "h1"),
             "eg1_over_nginx1": _ratio(rps("eg-1"), rps("nginx-1")),
             "egall_over_nginxauto": _ratio(rps("eg-all"), rps("nginx-auto")),
             "eg1_over_haproxy1": _ratio(rps("eg-1"), rps("haproxy-1")),
+            "egall_over_haproxyall": _ratio(rps("eg-all"), rps("haproxy-all")),
             "egall_over_best_python": _ratio(rps("eg-all"), best_py[0]),
             "best_python": best_py[1] if best_py[0] else None,
             "eg1_over_noproxy": _ratio(rps("eg-1"), rps("none")),
             "egall_over_noproxy": _ratio(rps("eg-all"), rps("none")),
             "egall_over_eg1": _ratio(rps("eg-all"), rps("eg-1")),
+            "nginxauto_over_nginx1": _ratio(rps("nginx-auto"), rps("nginx-1")),
+            "haproxyall_over_haproxy1": _ratio(rps("haproxy-all"), rps("haproxy-1")),
             "eg1_cpu_over_nginx1_cpu": _ratio(cpu("eg-1"), cpu("nginx-1")),
+            "eg1_cpu_over_haproxy1_cpu": _ratio(cpu("eg-1"), cpu("haproxy-1")),
+            "eg1h2up_over_eg1": _ratio(rps("eg-1-h2up"), rps("eg-1")),
+            "egallh2up_over_egall": _ratio(rps("eg-all-h2up"), rps("eg-all")),
+            "flagged": sorted(k for k in results["cells"].get(key, {})
+                              if _flagged(_summary(results, key, k))),
         }
         out[key] = row
     return out
@@ -72,6 +90,67 @@ def _num(v: float | None, fmt: str = "{:,.0f}") -> str:
 
 def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
+
+
+FLAG = "⚠"
+
+# Ratio columns: (header, ratios key, subjects it involves).
+H1_RATIOS = (
+    ("eg 1w / nginx 1w", "eg1_over_nginx1", ("eg-1", "nginx-1")),
+    ("eg all / nginx auto", "egall_over_nginxauto", ("eg-all", "nginx-auto")),
+    ("eg 1w / HAProxy 1t", "eg1_over_haproxy1", ("eg-1", "haproxy-1")),
+    ("eg all / best Python peer", "egall_over_best_python", ("eg-all",)),
+    ("eg 1w / no proxy", "eg1_over_noproxy", ("eg-1", "none")),
+    ("eg all / no proxy", "egall_over_noproxy", ("eg-all", "none")),
+    ("eg all / eg 1w", "egall_over_eg1", ("eg-all", "eg-1")),
+    ("CPU per req: eg 1w / nginx 1w", "eg1_cpu_over_nginx1_cpu", ("eg-1", "nginx-1")),
+)
+H2_RATIOS = (
+    ("eg 1w / nginx 1w", "eg1_over_nginx1", ("eg-1", "nginx-1")),
+    ("eg all / nginx auto", "egall_over_nginxauto", ("eg-all", "nginx-auto")),
+    ("eg 1w / HAProxy 1t", "eg1_over_haproxy1", ("eg-1", "haproxy-1")),
+    ("eg all / HAProxy all", "egall_over_haproxyall", ("eg-all", "haproxy-all")),
+    ("eg 1w / no proxy", "eg1_over_noproxy", ("eg-1", "none")),
+    ("eg all / eg 1w", "egall_over_eg1", ("eg-all", "eg-1")),
+    ("nginx auto / 1w", "nginxauto_over_nginx1", ("nginx-auto", "nginx-1")),
+    ("HAProxy all / 1t", "haproxyall_over_haproxy1", ("haproxy-all", "haproxy-1")),
+    ("CPU per req: eg 1w / nginx 1w", "eg1_cpu_over_nginx1_cpu", ("eg-1", "nginx-1")),
+    ("CPU per req: eg 1w / HAProxy 1t", "eg1_cpu_over_haproxy1_cpu", ("eg-1", "haproxy-1")),
+    ("eg 1w h2c upstream / eg 1w", "eg1h2up_over_eg1", ("eg-1-h2up", "eg-1")),
+    ("eg all h2c upstream / eg all", "egallh2up_over_egall", ("eg-all-h2up", "eg-all")),
+)
+
+
+def _ratio_table(rat: dict[str, dict[str, Any]], titles: dict[str, str], protocol: str,
+                 cols: tuple[tuple[str, str, tuple[str, ...]], ...]) -> list[str]:
+    rows = {k: r for k, r in rat.items() if r.get("protocol", "h1") == protocol}
+    if not rows:
+        return []
+    lines = ["| scenario | " + " | ".join(c[0] for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for key, r in rows.items():
+        cells = []
+        for _, name, who in cols:
+            cell = _x(r.get(name))
+            involved = set(who)
+            if name == "egall_over_best_python" and r.get("best_python"):
+                cell += f" ({r['best_python']})"
+                involved.add(r["best_python"])
+            if r.get(name) is not None and involved & set(r.get("flagged", ())):
+                cell += f" {FLAG}"
+            cells.append(cell)
+        lines.append(f"| {titles.get(key, key)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _client_line(sc: dict[str, Any]) -> str:
+    if sc.get("client", "wrk") == "h2load":
+        n = sc["connections"] * sc.get("streams", 1)
+        return (f"`{sc['method']} {sc['path']}`, h2load -t1 -c{sc['connections']} "
+                f"-m{sc.get('streams', 1)} -D{sc['duration']} (h2c prior knowledge: "
+                f"{n} stream{'s' if n > 1 else ''} in flight)")
+    return (f"`{sc['method']} {sc['path']}`, wrk -t1 -c{sc['connections']} "
+            f"-d{sc['duration']}s" + (" with `Connection: close`" if sc["close"] else ""))
 
 
 def _mib(kib: float | None) -> str:
@@ -98,15 +177,23 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"- {k}: {val}" for k, val in v.items() if val]
     lines += [
         "", "## Method", "",
-        f"- Client: {meth['client']}; {meth['reps']} repetition(s) per cell, "
-        f"{meth['warmup_s']} s warm-up before a subject's first measured run; "
+        f"- Client: {meth['client']}"
+        + (f"; HTTP/2: {meth['client_h2']}" if meth.get("client_h2") else "")
+        + f"; {meth['reps']} repetition(s) per cell, "
+        f"{meth['warmup_s']} s warm-up before a subject's first measured run (per protocol); "
         f"{meth['order']}.",
         "- Origin: nginx, 1 worker: `/small` is a 6-byte `return 200`, `/1m` and `/64m` are "
         "static files sent with sendfile. Uploads go to `bench/sink.py`, which reads each "
         "body to its end (dropping it in the kernel with MSG_TRUNC) before answering 200.",
         f"- Proxy CPU: {meth['cpu']}, divided by completed requests. Peak RSS: "
         f"{meth['rss']}.",
-        "- Errors: wrk socket errors (connect, read, write, timeout) + non-2xx/3xx responses.",
+        "- Errors: wrk socket errors (connect, read, write, timeout) + 4xx/5xx responses; "
+        "h2load: errored streams (reset, refused, abandoned; timeouts included) + responses "
+        f"outside 2xx. A cell with any, or with no completed request, is flagged {FLAG} "
+        "(its req/s and every ratio involving it).",
+        "- HTTP/2 cells: every h2 front speaks h2c (prior knowledge) and proxies over "
+        "HTTP/1.1 to the same origin, except eg's \"h2c upstream\" subjects (an h2c cluster "
+        "to the origin's h2c port); \"no proxy\" is h2load straight to that port.",
         "", "Subjects:", "",
     ]
     for key, s in results["subjects"].items():
@@ -119,10 +206,7 @@ def markdown(results: dict[str, Any]) -> str:
     for sc in results["scenarios"]:
         cells = results["cells"].get(sc["key"], {})
         bulk = sc["payload"] >= 1024 * 1024
-        lines += [f"## {sc['title']}", "",
-                  f"`{sc['method']} {sc['path']}`, wrk -t1 -c{sc['connections']} "
-                  f"-d{sc['duration']}s" + (" with `Connection: close`" if sc["close"] else ""),
-                  ""]
+        lines += [f"## {sc['title']}", "", _client_line(sc), ""]
         head = "| subject | req/s |" + (" MiB/s |" if bulk else "") + (
             " p50 | p99 | p99.9 | errors | proxy CPU µs/req | proxy peak RSS MiB |")
         lines += [head, "|---|---:|" + ("---:|" if bulk else "") + "---:|---:|---:|---:|---:|---:|"]
@@ -136,34 +220,42 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             lat = s["latency_us"]
             errs: int | str = s["errors"] + s["non2xx"]
+            if s["non2xx"]:
+                errs = f"{errs} ({s['non2xx']} non-2xx)"
             if not s["requests"]:
                 errs = f"{errs}, none completed"
+            flag = f" {FLAG}" if _flagged(s) else ""
 
             lines.append(
-                f"| {subj['label']} | {_num(s['rps'])} |"
+                f"| {subj['label']} | {_num(s['rps'])}{flag} |"
                 + (f" {_num(s['mib_s'])} |" if bulk else "")
                 + f" {_us(lat['p50'])} | {_us(lat['p99'])} | {_us(lat['p99.9'])} |"
                 f" {errs if errs else 0} | {_num(s['proxy_cpu_us_per_req'], '{:,.1f}')} |"
                 f" {_mib(s['proxy_rss_peak_kib'])} |")
+        if not cells:
+            lines.append("| (no cell ran) | - | " + "- | " * (6 if bulk else 5))
+        not_run = results.get("not_run", {}).get(sc["key"], {})
+        if not_run:
+            lines += ["", "Not run: " + "; ".join(
+                f"`{k}` ({why})" if k != "*" else why for k, why in not_run.items()) + "."]
         lines.append("")
 
     rat = results.get("ratios", {})
     if rat:
-        lines += ["## Ratios (req/s unless noted; >1 means eg is ahead)", "",
-                  "| scenario | eg 1w / nginx 1w | eg all / nginx auto | eg 1w / HAProxy 1t |"
-                  " eg all / best Python peer | eg 1w / no proxy | eg all / no proxy |"
-                  " eg all / eg 1w | CPU per req: eg 1w / nginx 1w |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         titles = {sc["key"]: sc["title"] for sc in results["scenarios"]}
-        for key, r in rat.items():
-            best = f" ({r['best_python']})" if r.get("best_python") else ""
-            lines.append(
-                f"| {titles.get(key, key)} | {_x(r['eg1_over_nginx1'])} |"
-                f" {_x(r['egall_over_nginxauto'])} | {_x(r['eg1_over_haproxy1'])} |"
-                f" {_x(r['egall_over_best_python'])}{best} |"
-                f" {_x(r['eg1_over_noproxy'])} | {_x(r['egall_over_noproxy'])} |"
-                f" {_x(r['egall_over_eg1'])} | {_x(r['eg1_cpu_over_nginx1_cpu'])} |")
-        lines += ["", "For CPU per request, <1 means eg spends less CPU than nginx.", ""]
+        h1 = _ratio_table(rat, titles, "h1", H1_RATIOS)
+        if h1:
+            lines += ["## Ratios, HTTP/1.1 (req/s unless noted; >1 means eg is ahead)", "",
+                      *h1, "", "For CPU per request, <1 means eg spends less CPU than nginx.",
+                      ""]
+        h2 = _ratio_table(rat, titles, "h2", H2_RATIOS)
+        if h2:
+            lines += ["## Ratios, HTTP/2 (req/s unless noted; >1 means eg is ahead)", "",
+                      *h2, "", "For CPU per request, <1 means eg spends less CPU than the peer. "
+                      "\"all / 1w\" columns are each proxy's own 1 → all-worker scaling.", ""]
+        if any(r.get("flagged") for r in rat.values()):
+            lines += [f"{FLAG}: a subject in that ratio had errors or non-2xx responses in "
+                      "that scenario (see its table); the ratio is suspect.", ""]
 
     if results.get("memory"):
         lines += ["## Memory boundedness: 100 concurrent 64 MiB transfers", "",

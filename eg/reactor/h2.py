@@ -103,11 +103,14 @@ class H2DownstreamConnection:
 
     def data_received(self, data: bytes) -> None:
         now = self.rt.loop.now
+        codec = self.codec
         try:
-            msgs = self.codec.feed(data, now)
+            msgs = codec.feed(data, now)
         except EgError as err:
+            self._count_refusals()
             self._connection_error(err)
             return
+        self._count_refusals()
         legs = self.legs
         touched: list[Leg] = []
         for msg in msgs:
@@ -124,6 +127,17 @@ class H2DownstreamConnection:
         for leg in touched:
             self._settle(leg)
         self.pump()
+
+    def _count_refusals(self) -> None:
+        """Streams the codec refused or answered itself: one counter each."""
+        refusals = self.codec.take_refusals()
+        if refusals:
+            shard = self.rt.shard
+            for kind in refusals:
+                if kind == "header_count":
+                    shard.limit_hit(kind)
+                else:
+                    shard.protocol_error("downstream", kind)
 
     def eof_received(self) -> None:
         for msg in self.codec.feed_eof(self.rt.loop.now):
@@ -142,6 +156,7 @@ class H2DownstreamConnection:
             leg.abort()
             self._record(leg)
         self.legs.clear()
+        self.codec.release()
         rt = self.rt
         rt.connections.discard(self)
         self.lrt.open -= 1
@@ -395,6 +410,7 @@ class H2UpstreamConnection:
         try:
             msgs = codec.feed(data, self.rt.loop.now)
         except EgError as err:
+            self._count_refusals()
             self.rt.shard.protocol_error("upstream", err.kind)
             self._error = err
             out = codec.output()
@@ -402,6 +418,7 @@ class H2UpstreamConnection:
                 self.transport.write(out)
             self.transport.close()
             return
+        self._count_refusals()
         legs = self.legs
         touched: list[Leg] = []
         for msg in msgs:
@@ -430,6 +447,10 @@ class H2UpstreamConnection:
             return
         self._arm()
 
+    def _count_refusals(self) -> None:
+        for kind in self.codec.take_refusals():
+            self.rt.shard.protocol_error("upstream", kind)
+
     def eof_received(self) -> None:
         self.transport.close()
 
@@ -443,6 +464,7 @@ class H2UpstreamConnection:
         legs = list(self.legs.values()) + self.waiting
         self.legs = {}
         self.waiting = []
+        self.codec.release()
         for leg in legs:
             stale = not leg.exchange.response_started and not isinstance(err, Timeout) and \
                 err.kind not in ("tls_verify", "tls", "alpn")

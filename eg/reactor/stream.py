@@ -40,6 +40,31 @@ class StreamProtocol(Protocol):
     def on_crash(self, exc: BaseException) -> None: ...
 
 
+class _Gone:
+    """The owner of a closed transport: late events are ignored."""
+
+    def data_received(self, data: bytes) -> None:
+        """Nothing reads any more."""
+
+    def eof_received(self) -> None:
+        """Nothing reads any more."""
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Already reported."""
+
+    def on_write_high(self) -> None:
+        """Nothing writes any more."""
+
+    def on_write_low(self) -> None:
+        """Nothing writes any more."""
+
+    def on_crash(self, exc: BaseException) -> None:
+        """Nothing left to close."""
+
+
+_GONE = _Gone()
+
+
 class Transport:
     """One connected, non-blocking stream socket registered with a worker's loop.
 
@@ -325,4 +350,8 @@ class Transport:
         self.loop.unregister(self.fd)
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.protocol.connection_lost(exc)
+        protocol = self.protocol
+        # Owner and transport point at each other: break the cycle, so a closed
+        # connection's buffers go at once instead of at the next GC pass.
+        self.protocol = _GONE
+        protocol.connection_lost(exc)

@@ -1,7 +1,8 @@
 """The benchmark harness runs end to end in its tiny mode (bench/run --smoke).
 
-One subject pair (no proxy, eg with 1 worker), c=4 for 1 s, no installs. Checks that
-results.json parses and that eg served requests; makes no timing assertions.
+One subject pair (no proxy, eg with 1 worker), wrk c=4 for 1 s and, when h2load is
+installed, h2load c=2 m=4 for 1 s over h2c; no installs. Checks that results.json parses
+and that eg served requests over both protocols; makes no timing assertions.
 """
 
 from __future__ import annotations
@@ -37,4 +38,16 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert summary["requests"] > 0
     assert summary["proxy_cpu_us_per_req"] is not None
     assert results["cells"]["small-c4"]["none"]["summary"]["rps"] > 0
-    assert (out / "results.md").read_text().startswith("# eg benchmark")
+    md = (out / "results.md").read_text()
+    assert md.startswith("# eg benchmark")
+    if shutil.which("h2load") is None:
+        assert "h2-small-c2m4" in results["not_run"]
+        return
+    h2 = results["cells"]["h2-small-c2m4"]
+    for subject in ("none", "eg-1"):
+        s = h2[subject]["summary"]
+        assert s["requests"] > 0, h2[subject]
+        assert not s["flagged"], h2[subject]["runs"][0]["client"]["stdout"]
+        assert s["latency_us"]["p50"] is not None
+    assert h2["eg-1"]["summary"]["proxy_cpu_us_per_req"] is not None
+    assert "## Ratios, HTTP/2" in md

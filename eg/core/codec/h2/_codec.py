@@ -107,7 +107,9 @@ from eg.core.codec.h2._convert import trailer_block, trailer_fields
 from eg.core.errors import EgError, LimitExceeded, ProtocolError
 from eg.core.message import Body, Message, Reset, ResetCode, Side, Trailers
 
-type Handler = Callable[[Any, list[Message], float], None]
+#: An event handler: an unbound method, so the dispatch dict holds no reference back to
+#: its codec (a cycle would keep a closed connection's buffers until a GC pass).
+type Handler = Callable[[Any, Any, list[Message], float], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,17 +245,20 @@ class H2Codec:
         #: PINGs of ours not yet acknowledged, and the last PING number used.
         self._pings_out = 0
         self._ping_seq = 0
+        #: Kinds of streams refused or answered here, not yet taken.
+        self._refusals: list[str] = []
+        cls = type(self)
         self._handlers: dict[type[Event], Handler] = {
-            DataReceived: self._on_data,
-            StreamReset: self._on_reset,
-            StreamRejected: self._on_rejected,
-            WindowUpdated: self._on_window,
-            RemoteSettingsChanged: self._on_settings,
-            PingReceived: self._on_ping,
-            PingAckReceived: self._on_ping_ack,
-            TrailersReceived: self._on_trailers,
-            UnknownFrameReceived: self._on_unknown,
-            IdlePriority: self._on_idle_priority,
+            DataReceived: cls._on_data,
+            StreamReset: cls._on_reset,
+            StreamRejected: cls._on_rejected,
+            WindowUpdated: cls._on_window,
+            RemoteSettingsChanged: cls._on_settings,
+            PingReceived: cls._on_ping,
+            PingAckReceived: cls._on_ping_ack,
+            TrailersReceived: cls._on_trailers,
+            UnknownFrameReceived: cls._on_unknown,
+            IdlePriority: cls._on_idle_priority,
         }
 
     # -- input ---------------------------------------------------------------------------
@@ -279,7 +284,7 @@ class H2Codec:
             for event in events:
                 handler = handlers.get(type(event))
                 if handler is not None:
-                    handler(event, msgs, now)
+                    handler(self, event, msgs, now)
             tiny = conn.take_tiny_fragments()
             if tiny:
                 self._glitch(now, tiny * GLITCH_TINY_FRAGMENT)
@@ -290,7 +295,10 @@ class H2Codec:
                 # bad preface or an error in one of our handlers.
                 self._conn.close_connection(int(err.reset_code))
             self._fail()
-            raise err from exc
+            try:
+                raise err from exc
+            finally:
+                del err  # the traceback holds this frame: no cycle through it
         except EgError:
             self._fail()
             raise
@@ -316,6 +324,22 @@ class H2Codec:
         self._goaway_sent = True
         self._forget_all()
 
+    def release(self) -> None:
+        """The connection is gone: drop every buffer now (a partial header block, queued
+        frames, send buffers) rather than whenever the codec object is collected."""
+        self._closed = True
+        self._dead = True
+        self._forget_all()
+        self._conn.discard_buffers()
+
+    def take_refusals(self) -> list[str]:
+        """Kinds of the streams refused or answered here since the last call (metrics)."""
+        refusals = self._refusals
+        if not refusals:
+            return refusals
+        self._refusals = []
+        return refusals
+
     def _translate(self, exc: Exception) -> EgError:
         side = self._side
         if isinstance(exc, DenialOfServiceError):
@@ -335,9 +359,11 @@ class H2Codec:
             status_hint=429 if self._side is Side.DOWNSTREAM else 502, kind=f"h2_{kind}",
         )
 
-    def _local_error(self, now: float, weight: int) -> None:
-        """We reset or answered a stream because of the peer's message: a local error,
-        and a glitch of ``weight`` (checked second, so a burst reports local errors)."""
+    def _local_error(self, now: float, weight: int, kind: str) -> None:
+        """We reset or answered a stream because of the peer's message: a local error of
+        ``kind`` (for ``take_refusals``), and a glitch of ``weight`` (checked second, so a
+        burst reports local errors)."""
+        self._refusals.append(kind)
         if self._local_errors.spend(now):
             self._calm_down("local_errors")
         self._glitch(now, weight)
@@ -387,7 +413,7 @@ class H2Codec:
                     self._peer_resets.spend(now):
                 self._calm_down("peer_resets")
         else:
-            self._local_error(now, GLITCH_STREAM_ERROR)
+            self._local_error(now, GLITCH_STREAM_ERROR, "h2_stream_error")
         if st is not None:
             self._drop(st)
             msgs.append(
@@ -396,7 +422,8 @@ class H2Codec:
 
     def _on_rejected(self, event: StreamRejected, msgs: list[Message], now: float) -> None:
         refused = event.error_code == ErrorCodes.REFUSED_STREAM
-        self._local_error(now, GLITCH_REFUSED if refused else GLITCH_MALFORMED)
+        self._local_error(now, GLITCH_REFUSED if refused else GLITCH_MALFORMED,
+                          "h2_refused" if refused else "h2_malformed")
         st = self._streams.pop(event.stream_id, None)
         if st is not None:
             self._drop(st)
@@ -452,7 +479,7 @@ class H2Codec:
 
     def _reject_stream(self, st: _Stream, msgs: list[Message], now: float) -> None:
         """A malformed message on a stream the exchange knows: reset it both ways."""
-        self._local_error(now, GLITCH_MALFORMED)
+        self._local_error(now, GLITCH_MALFORMED, "h2_malformed")
         del self._streams[st.sid]
         self._drop(st)
         self._conn.reset_if_open(st.sid, ErrorCodes.PROTOCOL_ERROR)

@@ -212,6 +212,13 @@ class H2Wire(H2Connection):
                 events[-1] = idle  # h2 appends its PriorityUpdated last
         return frames, events
 
+    def discard_buffers(self) -> None:
+        """Drop unparsed input (a partial header block too) and unsent output."""
+        frames = self._frames
+        frames._data = bytearray()
+        frames._headers_buffer = []
+        self._data_to_send = bytearray()
+
     def take_tiny_fragments(self) -> int:
         """Tiny header-block fragments received since the last call (``TINY_FRAGMENT``)."""
         frames = self._frames

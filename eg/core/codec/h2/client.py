@@ -53,9 +53,9 @@ class H2ClientCodec(H2Codec):
         #: Streams opened on this connection (the pool tells reused from fresh by it).
         self.requests = 0
         handlers = self._handlers
-        handlers[ResponseReceived] = self._on_response
-        handlers[InformationalResponseReceived] = self._on_response
-        handlers[ConnectionTerminated] = self._on_goaway
+        handlers[ResponseReceived] = H2ClientCodec._on_response
+        handlers[InformationalResponseReceived] = H2ClientCodec._on_response
+        handlers[ConnectionTerminated] = H2ClientCodec._on_goaway
 
     # -- streams -------------------------------------------------------------------------
 

@@ -45,6 +45,16 @@ from eg.core.codec.h2._convert import (
 )
 from eg.core.message import Message, Reset, ResponseHead, Side
 
+def _answered_kind(status: int) -> str:
+    """The metric kind of a request answered here instead of forwarded."""
+    if status == 431:
+        return "header_count"
+    if status == 405:
+        return "connect_method"
+    if status == 501:
+        return "extended_connect"
+    return "underscore_in_name" if status == 400 else "h2_malformed"
+
 
 class H2ServerCodec(H2Codec):
     """Downstream HTTP/2 codec (see the module docstring).
@@ -65,8 +75,8 @@ class H2ServerCodec(H2Codec):
         #: Request streams surfaced on this connection.
         self.requests = 0
         handlers = self._handlers
-        handlers[RequestReceived] = self._on_request
-        handlers[ConnectionTerminated] = self._on_goaway
+        handlers[RequestReceived] = H2ServerCodec._on_request
+        handlers[ConnectionTerminated] = H2ServerCodec._on_goaway
 
     # -- input ---------------------------------------------------------------------------
 
@@ -82,7 +92,8 @@ class H2ServerCodec(H2Codec):
         end = event.stream_ended is not None
         head = request_head(self._ctx, event.headers, sid, end, self._scheme)
         if isinstance(head, int):
-            self._local_error(now, GLITCH_MALFORMED if head == MALFORMED else GLITCH_ANSWERED)
+            self._local_error(now, GLITCH_MALFORMED if head == MALFORMED else GLITCH_ANSWERED,
+                              _answered_kind(head))
             if head == MALFORMED:
                 conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
             else:
