@@ -33,7 +33,7 @@ header-block fragments are counted (``take_tiny_fragments``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from h2.connection import (
     AllowedStreamIDs,
@@ -74,6 +74,7 @@ from hyperframe.frame import (
 )
 
 from eg.core.codec.h2._context import TINY_FRAGMENT
+from eg.core.codec.h2._fields import check_block
 
 if TYPE_CHECKING:
     from eg.core.codec.h2._context import H2Context
@@ -84,6 +85,10 @@ _MALFORMED = (ProtocolError, InvalidBodyLengthError)
 _HEADERS_EVENTS = (
     RequestReceived, ResponseReceived, TrailersReceived, InformationalResponseReceived
 )
+type _HeadersEvent = (
+    RequestReceived | ResponseReceived | TrailersReceived | InformationalResponseReceived
+)
+
 
 
 class StreamRejected(StreamReset):
@@ -104,6 +109,9 @@ class H2Wire(H2Connection):
 
     def __init__(self, ctx: H2Context, *, client_side: bool) -> None:
         super().__init__(config=ctx.client_config if client_side else ctx.server_config)
+        self._ctx = ctx
+        #: The ``_fields`` kind of each headers event.
+        self._kinds: dict[type[Event], int] = ctx.header_kinds
         self.local_settings = Settings(
             client=client_side,
             initial_values=ctx.client_settings if client_side else ctx.server_settings,
@@ -179,13 +187,14 @@ class H2Wire(H2Connection):
             frames, stream_events = stream.receive_headers(
                 headers, "END_STREAM" in frame.flags, self.config.header_encoding
             )
+            first = cast("_HeadersEvent", stream_events[0])
+            first.headers = check_block(self._ctx, first.headers, self._kinds[type(first)])
         except _MALFORMED as exc:
             if not _is_malformed(exc):
                 raise
             return self._reject(stream, ErrorCodes.PROTOCOL_ERROR)
         if "PRIORITY" in frame.flags:
             p_frames, p_events = self._receive_priority_frame(frame)
-            first = stream_events[0]
             update = p_events[0]
             # h2's own invariants (it asserts the same in _receive_headers_frame).
             assert isinstance(first, _HEADERS_EVENTS)

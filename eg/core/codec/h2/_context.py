@@ -10,7 +10,16 @@ encoder and decoder tables, as RFC 7541 requires (the tables are per connection)
 from __future__ import annotations
 
 from h2.config import DummyLogger, H2Configuration
+from h2.events import (
+    Event,
+    InformationalResponseReceived,
+    RequestReceived,
+    ResponseReceived,
+    TrailersReceived,
+)
 from h2.settings import SettingCodes
+
+from eg.core.codec.h2._fields import REQUEST, RESPONSE, TRAILERS
 
 #: SETTINGS_MAX_CONCURRENT_STREAMS we advertise (MISSION.md, DoS row "max_concurrent_streams
 #: 256"; RFC 9113 §6.5.2). Also the most streams the client adapter opens on one upstream.
@@ -163,11 +172,13 @@ class H2Context:
         "buffer_low",
         "client_config",
         "client_settings",
+        "connection_fields",
         "connection_window",
         "egress_strip",
         "flood_window",
         "glitch_window",
         "header_block_limit",
+        "header_kinds",
         "host_chars",
         "initial_window_size",
         "max_concurrent_streams",
@@ -179,7 +190,9 @@ class H2Context:
         "max_pings",
         "max_settings",
         "method_chars",
+        "name_chars",
         "path_chars",
+        "pseudo_bits",
         "reject_underscore",
         "request_special",
         "response_special",
@@ -254,16 +267,43 @@ class H2Context:
         self.server_config = H2Configuration(
             client_side=False,
             header_encoding=None,
-            validate_inbound_headers=True,
-            normalize_inbound_headers=True,
+            # ``_fields.check_block`` does h2's checks in one pass (see there); what we
+            # send is built clean by ``_convert``.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
             logger=logger,
         )
         self.client_config = H2Configuration(
             client_side=True,
             header_encoding=None,
-            validate_inbound_headers=True,
-            normalize_inbound_headers=True,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
             logger=logger,
+        )
+        #: The ``_fields`` kind of each event h2 reports a header block with.
+        self.header_kinds: dict[type[Event], int] = {
+            RequestReceived: REQUEST, TrailersReceived: TRAILERS, ResponseReceived: RESPONSE,
+            InformationalResponseReceived: RESPONSE,
+        }
+        #: Pseudo-header names and their bits (``_fields``).
+        self.pseudo_bits = {
+            bytes(bytearray(name)): bit
+            for name, bit in ((b":method", 1), (b":scheme", 2), (b":authority", 4),
+                              (b":path", 8), (b":status", 16), (b":protocol", 32))
+        }
+        #: Characters of a regular field name: visible ASCII, no uppercase, no ":"
+        #: (RFC 9113 §8.2.1).
+        self.name_chars = bytes(
+            c for c in range(0x21, 0x7F) if not 0x41 <= c <= 0x5A and c != 0x3A
+        )
+        #: Connection-specific fields, malformed in HTTP/2 (RFC 9113 §8.2.2).
+        self.connection_fields = frozenset(
+            bytes(bytearray(n)) for n in (b"connection", b"keep-alive", b"proxy-connection",
+                                          b"transfer-encoding", b"upgrade")
         )
         #: SETTINGS the server adapter sends in its preface.
         self.server_settings: dict[SettingCodes, int] = {

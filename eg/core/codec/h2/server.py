@@ -45,6 +45,7 @@ from eg.core.codec.h2._convert import (
 )
 from eg.core.message import Message, Reset, ResponseHead, Side
 
+
 def _answered_kind(status: int) -> str:
     """The metric kind of a request answered here instead of forwarded."""
     if status == 431:
