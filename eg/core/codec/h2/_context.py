@@ -147,6 +147,36 @@ class NullLogger(DummyLogger):
         """Drop the message."""
 
 
+class PlainConfig(H2Configuration):
+    """``H2Configuration`` with plain attributes.
+
+    h2 reads its options through descriptors that call ``getattr`` (and a property for
+    ``header_encoding``), dozens of times per request; here they are instance attributes,
+    fixed at construction (the adapters never change them).
+    """
+
+    client_side = False
+    header_encoding = None
+    validate_outbound_headers = False
+    normalize_outbound_headers = False
+    split_outbound_cookies = False
+    validate_inbound_headers = False
+    normalize_inbound_headers = False
+
+    def __init__(self, *, client_side: bool, logger: DummyLogger) -> None:
+        # Not calling super().__init__: its setters are exactly what this class avoids.
+        self.client_side = client_side
+        self.header_encoding = None
+        # ``_fields.check_block`` does h2's inbound checks in one pass; what we send is
+        # built clean by ``_convert``.
+        self.validate_outbound_headers = False
+        self.normalize_outbound_headers = False
+        self.split_outbound_cookies = False
+        self.validate_inbound_headers = False
+        self.normalize_inbound_headers = False
+        self.logger = logger
+
+
 class H2Context:
     """Limits and pre-built h2 configuration for one worker's HTTP/2 codecs.
 
@@ -264,26 +294,8 @@ class H2Context:
             )
         )
         logger = NullLogger()
-        self.server_config = H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            # ``_fields.check_block`` does h2's checks in one pass (see there); what we
-            # send is built clean by ``_convert``.
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            logger=logger,
-        )
-        self.client_config = H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            logger=logger,
-        )
+        self.server_config = PlainConfig(client_side=False, logger=logger)
+        self.client_config = PlainConfig(client_side=True, logger=logger)
         #: The ``_fields`` kind of each event h2 reports a header block with.
         self.header_kinds: dict[type[Event], int] = {
             RequestReceived: REQUEST, TrailersReceived: TRAILERS, ResponseReceived: RESPONSE,
