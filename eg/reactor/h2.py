@@ -124,7 +124,7 @@ class H2DownstreamConnection:
                 leg = found
                 leg.request(msg)
             touched.append(leg)
-        for leg in touched:
+        for leg in dict.fromkeys(touched):
             self._settle(leg)
         self.pump()
 
@@ -440,7 +440,7 @@ class H2UpstreamConnection:
             self.retire()
         self._take_watermarks()
         self.flush()
-        for leg in touched:
+        for leg in dict.fromkeys(touched):  # once per leg, however many frames it got
             leg.down.pump(leg)
         if not self.transport.closed and not self.legs and codec.wants_close():
             self.close()
