@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eg.upstream")
 
+#: Attempts per request: the first and one retry (of a request that never reached an
+#: upstream, see ``Leg.upstream_failed``).
+ATTEMPTS = 2
+#: Attempts when the last one was a stream the upstream refused (REFUSED_STREAM).
+REFUSED_ATTEMPTS = 5
+
 _DOWN = Side.DOWNSTREAM
 _UP = Side.UPSTREAM
 
@@ -217,7 +223,12 @@ class Leg:
             or (err.retry is Retry.YES and stale)
             or (err.retry is Retry.IF_REUSED and stale)
         )
-        if retryable and self.attempts < 2 and ex.head.end_stream and not ex.response_started:
+        # A stream the upstream refused was never processed (RFC 9113 §8.7): it may be
+        # retried more often, since every stream of a burst that meets one upstream's
+        # GOAWAY or stream limit is refused together and then meets the next one.
+        limit = REFUSED_ATTEMPTS if err.kind == "h2_refused" else ATTEMPTS
+        if retryable and self.attempts < limit and ex.head.end_stream and \
+                not ex.response_started:
             # Safe to replay: the request had no body and nothing reached the client.
             ex.detach()
             self.connect(up.cluster)

@@ -94,8 +94,10 @@ def test_upstream_goaway_fails_no_request(start_gateway: StartGateway,
                        f"http://127.0.0.1:{gw.port}/").stdout for _ in range(12)]
     parallel = concurrently(12, lambda: curl("-o", "/dev/null", "-w", "%{http_code}",
                                              f"http://127.0.0.1:{gw.port}/slow?delay=0.2").stdout)
-    assert sequential == [b"200"] * 12
-    assert parallel == [b"200"] * 12
+    failures = [(r.get("kind"), r.get("error")) for r in gw.records()
+                if r.get("msg") == "upstream failed"]
+    assert sequential == [b"200"] * 12, failures
+    assert parallel == [b"200"] * 12, failures
     assert origin.connections >= 8
     # Streams that raced a GOAWAY come back REFUSED_STREAM and are retried (counted as
     # h2_refused); nothing else may fail.

@@ -27,6 +27,12 @@ behaviour below.
 6. **Frame lengths are checked on the frame header.** h2 checks SETTINGS_MAX_FRAME_SIZE
    only once the whole frame has arrived, so a peer announcing a 16 MiB frame made it
    buffer up to 16 MiB first; here the 9-byte header is enough to refuse it.
+8. **HPACK is eg's** (``hpack.py``): the hpack library costs about as much as the rest
+   of h2 together, with a dozen logging calls per block. The shims below give it the
+   interface h2 drives (``decode(data, raw)``, ``encode(headers)``, the table-size and
+   list-size attributes its SETTINGS handling sets) and translate its errors into
+   hpack's, which h2 turns into GOAWAY (COMPRESSION_ERROR, or ENHANCE_YOUR_CALM for an
+   oversized list).
 7. **No hex dump per frame.** h2 formats ``repr(frame)`` for a trace line on every
    frame it receives, even with a no-op logger: a hex dump of each DATA payload, about a
    sixth of the CPU of relaying a body from an HTTP/2 upstream.
@@ -38,6 +44,7 @@ header-block fragments are counted (``take_tiny_fragments``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 from h2.connection import (
@@ -68,6 +75,7 @@ from h2.exceptions import (
 from h2.frame_buffer import FrameBuffer
 from h2.settings import Settings
 from h2.stream import H2Stream, StreamClosedBy, StreamState
+from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -82,6 +90,7 @@ from hyperframe.frame import (
 
 from eg.core.codec.h2._context import TINY_FRAGMENT
 from eg.core.codec.h2._fields import check_block
+from eg.core.codec.h2.hpack import Decoder, Encoder, HeaderListTooLarge, HpackError
 
 if TYPE_CHECKING:
     from eg.core.codec.h2._context import H2Context
@@ -123,7 +132,11 @@ class H2Wire(H2Connection):
             client=client_side,
             initial_values=ctx.client_settings if client_side else ctx.server_settings,
         )
-        self.decoder.max_header_list_size = ctx.max_header_list_size
+        # eg's HPACK in place of the hpack library's (fix 8); h2 only duck-types them.
+        self.decoder = _DecoderShim(  # type: ignore[assignment]
+            Decoder(ctx.hpack_tables, max_header_list_size=ctx.max_header_list_size)
+        )
+        self.encoder = _EncoderShim(Encoder(ctx.hpack_tables))  # type: ignore[assignment]
         self._frames = _BoundedFrameBuffer(server=not client_side, limit=ctx.header_block_limit)
         self.incoming_buffer = self._frames
         self.initiate_connection()
@@ -306,6 +319,63 @@ class H2Wire(H2Connection):
         rst.error_code = code
         event = StreamRejected(stream_id=stream.stream_id, error_code=code, remote_reset=False)
         return [rst], [event]
+
+
+class _DecoderShim:
+    """``hpack.Decoder``'s interface for h2, on eg's decoder (fix 8)."""
+
+    __slots__ = ("_decode", "_decoder")
+
+    def __init__(self, decoder: Decoder) -> None:
+        self._decoder = decoder
+        self._decode = decoder.decode
+
+    def decode(self, data: bytes | memoryview, raw: bool = False) -> list[tuple[bytes, bytes]]:
+        try:
+            return self._decode(data)
+        except HeaderListTooLarge as exc:
+            raise OversizedHeaderListError(str(exc)) from None
+        except HpackError as exc:
+            raise HPACKDecodingError(str(exc)) from None
+
+    @property
+    def max_header_list_size(self) -> int:
+        return self._decoder.max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, size: int) -> None:
+        self._decoder.max_header_list_size = size
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        return self._decoder.max_table_size
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, size: int) -> None:
+        self._decoder.max_table_size = size
+
+
+class _EncoderShim:
+    """``hpack.Encoder``'s interface for h2, on eg's encoder (fix 8)."""
+
+    __slots__ = ("_encode", "_resize", "_size")
+
+    def __init__(self, encoder: Encoder) -> None:
+        self._encode = encoder.encode
+        self._resize = encoder.set_max_table_size
+        self._size = 4096
+
+    def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
+        return self._encode(headers)
+
+    @property
+    def header_table_size(self) -> int:
+        return self._size
+
+    @header_table_size.setter
+    def header_table_size(self, size: int) -> None:
+        self._size = size
+        self._resize(size)
 
 
 def _is_malformed(exc: Exception) -> bool:

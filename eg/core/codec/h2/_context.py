@@ -20,6 +20,7 @@ from h2.events import (
 from h2.settings import SettingCodes
 
 from eg.core.codec.h2._fields import REQUEST, RESPONSE, TRAILERS
+from eg.core.codec.h2.hpack import HpackTables
 
 #: SETTINGS_MAX_CONCURRENT_STREAMS we advertise (MISSION.md, DoS row "max_concurrent_streams
 #: 256"; RFC 9113 §6.5.2). Also the most streams the client adapter opens on one upstream.
@@ -210,6 +211,7 @@ class H2Context:
         "header_block_limit",
         "header_kinds",
         "host_chars",
+        "hpack_tables",
         "initial_window_size",
         "max_concurrent_streams",
         "max_glitches",
@@ -296,6 +298,8 @@ class H2Context:
         logger = NullLogger()
         self.server_config = PlainConfig(client_side=False, logger=logger)
         self.client_config = PlainConfig(client_side=True, logger=logger)
+        #: This worker's HPACK static and Huffman tables (``hpack.py``).
+        self.hpack_tables = HpackTables()
         #: The ``_fields`` kind of each event h2 reports a header block with.
         self.header_kinds: dict[type[Event], int] = {
             RequestReceived: REQUEST, TrailersReceived: TRAILERS, ResponseReceived: RESPONSE,
