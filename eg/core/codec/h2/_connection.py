@@ -191,7 +191,9 @@ class H2Wire(H2Connection):
         stream_id = frame.stream_id
         refuse = (
             stream_id not in self.streams
-            and self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+            # Counting open streams walks them all (h2): only when it could matter.
+            and len(self.streams) >= (limit := self.local_settings.max_concurrent_streams)
+            and self.open_inbound_streams >= limit
         )
         # Decode first, always: the HPACK tables are shared by every stream, so a block is
         # never skipped, even for a stream about to be refused. Failures here are
