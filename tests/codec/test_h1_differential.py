@@ -633,7 +633,9 @@ def test_grammar_reaches_every_outcome() -> None:
     """The generator is useful only if it produces accepted and rejected requests alike."""
     seen: set[str] = set()
 
-    @settings(max_examples=200, deadline=None, database=None)
+    # Derandomized: a fixed sample, so the check is about the grammar, not luck (a random
+    # 200 sometimes missed one outcome).
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
     @given(requests())
     def collect(data: bytes) -> None:
         seen.add(type(run_ours([data])).__name__)

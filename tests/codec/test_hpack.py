@@ -439,6 +439,7 @@ def test_malformed_blocks_are_hpack_errors(case: str, block: bytes) -> None:
     ("Huffman: 'a' and 3 bits of padding", _value(b"\x81\x1f"), [(b"a", b"a")]),
     ("Huffman: empty", _value(b"\x80"), [(b"a", b"")]),
     ("empty block", b"", []),
+    ("long literal name", b"\x40\x7f\x49" + b"n" * 200 + b"\x00", [(b"n" * 200, b"")]),
     ("empty name and value", b"\x00\x00\x00", [(b"", b"")]),
     ("names and values as coded (no folding, no checks)", b"\x00\x03A\r:\x02\x00\xff",
      [(b"A\r:", b"\x00\xff")]),

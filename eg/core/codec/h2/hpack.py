@@ -468,10 +468,12 @@ class Decoder:
         tables: the worker's tables.
         max_header_list_size: the most a decoded list may add up to (RFC 9113 §6.5.2:
             name + value + 32 per field); past it, ``HeaderListTooLarge``.
-        max_table_size: our SETTINGS_HEADER_TABLE_SIZE: the largest dynamic table size
-            the peer may set. The table starts at 4096, the protocol's initial value;
-            if this is lower, the peer's next block must start by shrinking it (RFC 7541
-            §4.2). Set the attribute when a new value takes effect (its SETTINGS acked).
+        max_table_size: our SETTINGS_HEADER_TABLE_SIZE in effect: the largest dynamic
+            table size the peer may set. The table starts at 4096, the protocol's initial
+            value; whenever this is below the table's size, the peer's next block must
+            start by shrinking it (RFC 7541 §4.2). So construct with the value in effect
+            (4096 until our SETTINGS is acknowledged: a client may send its first
+            HEADERS before it has seen them) and set the attribute on the SETTINGS ACK.
     """
 
     __slots__ = ("_limits", "decode")
@@ -731,7 +733,7 @@ def _encoder(
             signalled = capacity
             pending = None
         big = capacity * 3  # entries over 3/4 of the table are not indexed
-        base = inserted + 61  # dynamic index = base - insertion number
+        base = inserted + STATIC_COUNT  # dynamic index = base - insertion number
         for field in headers:
             found = exact_get(field)
             if found is not None:
@@ -802,8 +804,7 @@ def _encoder(
         while used > room:
             field, number, size = entries.popleft()
             used -= size
-            if exact_get(field) == number:
-                del exact[field]
+            del exact[field]  # never a second copy: an exact match is never re-added
             if names_get(field[0]) == number:
                 del names[field[0]]
 
