@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from eg.core.config import load
 from eg.core.errors import ConfigError
@@ -105,3 +110,32 @@ def test_drain_settle_config_bounds() -> None:
         assert "timeouts.drain_settle" in str(exc) and "0 or more seconds" in str(exc)
     else:
         raise AssertionError("a negative drain_settle was accepted")
+
+
+def test_sigterm_drains_http2_streams_with_goaway(tmp_path: Path) -> None:
+    """An HTTP/2 client mid-stream (nghttp): GOAWAY(NO_ERROR) naming its stream, the
+    stream finishes with its whole body, and the process exits 0. (Streams opened after
+    the GOAWAY get REFUSED_STREAM: tests/codec/test_h2_server.py.)"""
+    nghttp = shutil.which("nghttp")
+    if nghttp is None:
+        pytest.skip("nghttp (nghttp2-client) is not installed")
+    with OriginProcess([0], ["a"]) as origin:
+        doc = gateway_config([origin.port], timeouts={"drain": 5.0}, workers=1)
+        doc["listeners"] = [{"name": "http", "address": "127.0.0.1:0", "protocol": "h2c"}]
+        gw = launch(tmp_path, doc)
+        client = subprocess.Popen(
+            [nghttp, "-v", "-n", f"http://127.0.0.1:{gw.port}/slow?delay=1.5&size=1000"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert _wait_for(lambda: gw.metric("eg_upstream_connections_open") >= 1)
+        gw.proc.send_signal(signal.SIGTERM)
+        out, _ = client.communicate(timeout=15)
+        assert client.returncode == 0, out
+        assert "recv GOAWAY frame" in out, out
+        assert "(last_stream_id=13, error_code=NO_ERROR(0x00)" in out, out
+        # The response comes after the GOAWAY, whole: 200, then 1000 bytes ending the stream.
+        after = out.split("recv GOAWAY frame", 1)[1]
+        assert ":status: 200" in after, out
+        assert sum(int(n) for n in re.findall(r"recv DATA frame <length=(\d+)", after)) == 1000
+        assert "; END_STREAM" in after, out
+        assert gw.proc.wait(10) == 0
+        check_stopped_cleanly(gw)
