@@ -166,7 +166,8 @@ class ListenerConfig:
     tls: TlsConfig | None = None
     """Certificates and TLS settings; required by https and h1s, refused otherwise."""
     alt_svc: str = ""
-    """Alt-Svc header value added to responses on this listener; empty adds none."""
+    """Alt-Svc header value (RFC 7838) sent on every response of this listener, replacing
+    the upstream's; empty sends none and lets the upstream's through."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -43,6 +43,8 @@ class ListenerRuntime:
     protocol: str
     scheme: bytes
     ctx: ExchangeContext
+    #: Alt-Svc value advertised on this listener's responses ("" for none).
+    alt_svc: str = ""
     tls: ServerTls | None = None
     handshake_timeout: float = 0.0
     open: int = 0
@@ -96,10 +98,11 @@ def _h2_context(config: Config) -> H2Context:
     )
 
 
-def exchange_context(config: Config, scheme: bytes) -> ExchangeContext:
+def exchange_context(config: Config, scheme: bytes, alt_svc: str = "") -> ExchangeContext:
     proxy = config.proxy
     return ExchangeContext(limits=config.limits, proxy=proxy, via=proxy.via.encode(),
-                           server_header=proxy.server_header.encode(), scheme=scheme)
+                           server_header=proxy.server_header.encode(), scheme=scheme,
+                           alt_svc=alt_svc.encode())
 
 
 class _MailboxHandler:
@@ -176,7 +179,8 @@ class Worker(threading.Thread):
         for lc in config.listeners:
             scheme = b"https" if lc.tls is not None else b"http"
             lrt = ListenerRuntime(name=lc.name, protocol=lc.protocol, scheme=scheme,
-                                  ctx=exchange_context(config, scheme))
+                                  alt_svc=lc.alt_svc,
+                                  ctx=exchange_context(config, scheme, lc.alt_svc))
             if lc.tls is not None:
                 # This worker's own contexts (validated once by the main thread already).
                 lrt.tls = server_tls(lc.tls, alpn=listener_alpn(lc.protocol))
@@ -209,7 +213,8 @@ class Worker(threading.Thread):
             elif isinstance(msg, Reload):
                 rt.apply(msg.config)
                 for listener in self._listeners:
-                    listener.lrt.ctx = exchange_context(msg.config, listener.lrt.scheme)
+                    listener.lrt.ctx = exchange_context(msg.config, listener.lrt.scheme,
+                                                        listener.lrt.alt_svc)
 
     def _drain(self, rt: WorkerRuntime) -> None:
         rt.draining = True

@@ -225,3 +225,24 @@ def test_64mib_both_ways_bounded_rss(cells: Gateway, certs: Path, tmp_path: Path
     assert up.stdout.split() == [pattern_sha256(size).encode(), str(size).encode()]
     # Streamed, never buffered: far below one body (64 MiB).
     assert sampler.peak - before < 32 * MiB, (before, sampler.peak)
+
+
+def test_listener_alt_svc_on_h1_and_h2(origins: OriginProcess, start_gateway: StartGateway) -> None:
+    """Each listener advertises its own configured Alt-Svc (RFC 7838); one without keeps
+    the response as the upstream sent it."""
+    alt = 'h3=":8443"; ma=3600'
+    doc = gateway_config(origins.ports[:1])
+    doc["listeners"] = [
+        {"name": "http", "address": "127.0.0.1:0", "protocol": "h1", "alt_svc": alt},
+        {"name": "h2c", "address": "127.0.0.1:0", "protocol": "h2c", "alt_svc": alt},
+        {"name": "plain", "address": "127.0.0.1:0", "protocol": "h1"},
+    ]
+    gw = start_gateway(doc)
+    for args in (["--http1.1", f"http://127.0.0.1:{gw.ports['http']}/"],
+                 ["--http2-prior-knowledge", f"http://127.0.0.1:{gw.ports['h2c']}/"],
+                 ["--http1.1", f"http://127.0.0.1:{gw.ports['http']}/status/503"]):
+        head = curl("-s", "-D", "-", "-o", "/dev/null", *args).stdout.lower()
+        assert head.count(b"alt-svc:") == 1, head
+        assert b"alt-svc: " + alt.encode() + b"\r\n" in head, head
+    plain = curl("-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{gw.ports['plain']}/")
+    assert b"alt-svc" not in plain.stdout.lower()

@@ -50,6 +50,9 @@ class ExchangeContext:
     proxy: ProxyConfig
     via: bytes
     server_header: bytes
+    #: The listener's Alt-Svc value (RFC 7838), or empty: when set it replaces any the
+    #: upstream sent (that one names the upstream's alternatives, not this listener's).
+    alt_svc: bytes = b""
     scheme: bytes
 
 
@@ -249,7 +252,8 @@ class Exchange:
             self.status = msg.status
             self.response_started = True
             headers = msg.headers
-            if self.ctx.server_header or self.ctx.via:
+            ctx = self.ctx
+            if ctx.server_header or ctx.via or ctx.alt_svc:
                 headers = self._response_headers(headers)
             down.send(ResponseHead(stream_id=self.sid, status=msg.status, headers=headers,
                                    end_stream=msg.end_stream, content_length=msg.content_length))
@@ -262,12 +266,16 @@ class Exchange:
             self.fail_reset(msg.code)
 
     def _response_headers(self, headers: HeaderList) -> HeaderList:
-        out = [h for h in headers if h[0] != b"server"] if self.ctx.server_header else \
+        ctx = self.ctx
+        out = [h for h in headers if h[0] != b"server"] if ctx.server_header else \
             list(headers)
-        if self.ctx.server_header:
-            out.append((b"server", self.ctx.server_header))
-        if self.ctx.via:
-            out.append((b"via", self.ctx.via))
+        if ctx.server_header:
+            out.append((b"server", ctx.server_header))
+        if ctx.via:
+            out.append((b"via", ctx.via))
+        if ctx.alt_svc:
+            out = [h for h in out if h[0] != b"alt-svc"]
+            out.append((b"alt-svc", ctx.alt_svc))
         return out
 
     def _response_end(self) -> None:
@@ -302,8 +310,8 @@ class Exchange:
         body = b"%d %s\n" % (status, err.kind.encode())
         self.downstream.send(ResponseHead(
             stream_id=self.sid, status=status,
-            headers=[(b"content-type", b"text/plain"), (b"x-eg-error", err.kind.encode())],
-            end_stream=False, content_length=len(body)))
+            headers=self._error_headers(err.kind), end_stream=False,
+            content_length=len(body)))
         # If the request body is still coming, the server codec closes the connection
         # after this response (the next request's boundary is unknown).
         self.downstream.send(Body(stream_id=self.sid, data=body, end_stream=True))
@@ -326,6 +334,12 @@ class Exchange:
                 stream_id=self.sid, status=502, headers=[(b"content-type", b"text/plain")],
                 end_stream=False, content_length=len(body)))
             self.downstream.send(Body(stream_id=self.sid, data=body, end_stream=True))
+
+    def _error_headers(self, kind: str) -> HeaderList:
+        headers: HeaderList = [(b"content-type", b"text/plain"), (b"x-eg-error", kind.encode())]
+        if self.ctx.alt_svc:
+            headers.append((b"alt-svc", self.ctx.alt_svc))
+        return headers
 
     def _grpc_error(self, status: int, message: str) -> None:
         """Fail a gRPC call the way a gRPC server would: 200 + trailers-only status."""

@@ -72,6 +72,32 @@ def test_server_header_replaced_when_configured() -> None:
     assert b"server: eg\r\n" in out and b"origin" not in out and b"via" not in out
 
 
+ALT_SVC = b'h3=":8443"; ma=3600'
+
+
+def test_listener_alt_svc_replaces_the_upstreams() -> None:
+    ctx = replace(context(), alt_svc=ALT_SVC, via=b"")
+    ex, down, rest = start(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", ctx)
+    up = upstream_for(ex, rest)
+    respond(ex, up, b'HTTP/1.1 200 OK\r\nAlt-Svc: h2=":9001"\r\nContent-Length: 0\r\n\r\n')
+    out = wire(down)
+    assert out.count(b"alt-svc") == 1 and b"alt-svc: " + ALT_SVC + b"\r\n" in out
+
+
+def test_upstream_alt_svc_passes_without_a_listener_value() -> None:
+    ex, down, rest = start(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    up = upstream_for(ex, rest)
+    respond(ex, up, b'HTTP/1.1 200 OK\r\nAlt-Svc: h2=":9001"\r\nContent-Length: 0\r\n\r\n')
+    assert b'alt-svc: h2=":9001"\r\n' in wire(down)
+
+
+def test_error_responses_carry_the_listener_alt_svc() -> None:
+    ex, down, _rest = start(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                            replace(context(), alt_svc=ALT_SVC))
+    ex.fail(Broken("gone"))
+    assert b"alt-svc: " + ALT_SVC + b"\r\n" in wire(down)
+
+
 def test_declared_body_over_cap_is_413_before_forwarding() -> None:
     ex, down, _ = start(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n",
                         context(max_request_body=10))
