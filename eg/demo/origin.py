@@ -494,27 +494,10 @@ def _reason(status: int) -> str:
         return "Status"
 
 
-class _Exchange:
-    """One request and its response, plus what the endpoints need to answer it."""
+class QueryParams:
+    """Typed access to a request's query parameters (shared with ``origin_h2``)."""
 
-    def __init__(self, conn: _Connection, request: _Request, body: _Body) -> None:
-        http10 = request.version == "HTTP/1.0"
-        connection = request.tokens("connection")
-        keep_alive = "keep-alive" in connection if http10 else "close" not in connection
-        url = urlsplit(request.target)
-        self.conn = conn
-        self.request = request
-        self.body = body
-        self.name = conn.server.name
-        self.path = url.path
-        self.query = dict(parse_qsl(url.query, keep_blank_values=True))
-        self.response = _Response(
-            conn.sock,
-            name=self.name,
-            head_only=request.method == "HEAD",
-            http10=http10,
-            keep_alive=keep_alive,
-        )
+    query: dict[str, str]
 
     def int_param(self, key: str, default: int, high: int = MAX_SIZE) -> int:
         """Return the integer query parameter ``key`` (0 to ``high``) or ``default``."""
@@ -541,6 +524,30 @@ class _Exchange:
     def flag(self, key: str) -> bool:
         """Whether query parameter ``key`` is set to something other than 0/false/no."""
         return self.query.get(key, "0").lower() not in ("0", "", "false", "no")
+
+
+class _Exchange(QueryParams):
+    """One request and its response, plus what the endpoints need to answer it."""
+
+    def __init__(self, conn: _Connection, request: _Request, body: _Body) -> None:
+        http10 = request.version == "HTTP/1.0"
+        connection = request.tokens("connection")
+        keep_alive = "keep-alive" in connection if http10 else "close" not in connection
+        url = urlsplit(request.target)
+        self.conn = conn
+        self.request = request
+        self.body = body
+        self.name = conn.server.name
+        self.path = url.path
+        self.query = dict(parse_qsl(url.query, keep_blank_values=True))
+        self.response = _Response(
+            conn.sock,
+            name=self.name,
+            head_only=request.method == "HEAD",
+            http10=http10,
+            keep_alive=keep_alive,
+        )
+
 
     def send_pattern(
         self, start: int, length: int, *, digest: Callable[[memoryview], object] | None = None

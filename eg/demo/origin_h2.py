@@ -118,7 +118,6 @@ from eg.demo.origin import (
     CHUNK,
     IDLE_TIMEOUT,
     LINGER_TIME,
-    MAX_DELAY,
     MAX_ECHO_BODY,
     MAX_EXTRA_HEADER_SIZE,
     MAX_EXTRA_HEADERS,
@@ -128,6 +127,7 @@ from eg.demo.origin import (
     RECV_SIZE,
     OriginHandle,
     OriginServer,
+    QueryParams,
     _HttpError,
 )
 
@@ -160,7 +160,7 @@ type _Wait = _Need | float
 type _Steps[T] = Generator[_Wait, None, T]
 
 
-class _Stream:
+class _Stream(QueryParams):
     """One request and its response: what an endpoint reads, and how it answers.
 
     The request body arrives as (data, flow-controlled length) pairs; bytes are
@@ -186,34 +186,6 @@ class _Stream:
         self.finished = False  # the response has ended (END_STREAM or RST_STREAM sent)
         self.wait: _Wait = 0.0
         self.runner: _Steps[None] | None = None
-
-    # -- query parameters -----------------------------------------------------------------
-
-    def int_param(self, key: str, default: int, high: int = MAX_SIZE) -> int:
-        """Return the integer query parameter ``key`` (0 to ``high``) or ``default``."""
-        raw = self.query.get(key)
-        if raw is None:
-            return default
-        if not raw.isdigit() or int(raw) > high:
-            raise _HttpError(400, f"bad integer parameter {key}")
-        return int(raw)
-
-    def float_param(self, key: str, default: float, high: float = MAX_DELAY) -> float:
-        """Return the non-negative number query parameter ``key`` or ``default``."""
-        raw = self.query.get(key)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise _HttpError(400, f"bad number parameter {key}") from None
-        if not 0.0 <= value <= high:
-            raise _HttpError(400, f"parameter {key} out of range")
-        return value
-
-    def flag(self, key: str) -> bool:
-        """Whether query parameter ``key`` is set to something other than 0/false/no."""
-        return self.query.get(key, "0").lower() not in ("0", "", "false", "no")
 
     # -- the request body -----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from eg.core.message import Message, RequestHead, Side
 from eg.core.proxy.balance import ClusterState, Endpoint
 from eg.reactor.leg import Leg, record_exchange, start_exchange
 from eg.reactor.stream import Transport
-from eg.reactor.tls import ClientTlsTransport, TlsTransport
+from eg.reactor.tls import TlsTransport, upstream_transport
 
 if TYPE_CHECKING:
     from eg.reactor.worker import ListenerRuntime, WorkerRuntime
@@ -338,14 +338,9 @@ class H1UpstreamConnection:
         self.in_pool = False
         self.timer = rt.loop.timer(self._on_timer, self)
         limits = rt.config.limits
-        if tls is None:
-            self.transport: Transport = Transport(
-                rt.loop, sock, self, high=limits.buffer_high, limit=limits.buffer_limit,
-                connecting=True)
-        else:
-            self.transport = ClientTlsTransport(
-                rt.loop, sock, self, high=limits.buffer_high, limit=limits.buffer_limit,
-                context=tls, server_name=server_name)
+        self.transport = upstream_transport(
+            rt.loop, sock, self, high=limits.buffer_high, limit=limits.buffer_limit, tls=tls,
+            server_name=server_name)
         rt.shard.upstream_conn_opened(cluster.name)
         self.timer.arm(now + rt.config.timeouts.connect)
 

@@ -121,6 +121,17 @@ def client_tls(config: UpstreamTlsConfig, *, alpn: Sequence[str]) -> ssl.SSLCont
     return ctx
 
 
+def upstream_transport(
+    loop: Loop, sock: socket.socket, owner: StreamProtocol, *, high: int, limit: int,
+    tls: ssl.SSLContext | None, server_name: str,
+) -> Transport:
+    """The transport of a new upstream connection: plain TCP, or TCP then TLS."""
+    if tls is None:
+        return Transport(loop, sock, owner, high=high, limit=limit, connecting=True)
+    return ClientTlsTransport(loop, sock, owner, high=high, limit=limit, context=tls,
+                              server_name=server_name)
+
+
 def listener_alpn(protocol: str) -> tuple[str, ...]:
     """ALPN a TLS listener of ``protocol`` offers."""
     return ALPN_HTTPS if protocol == "https" else ALPN_H1
