@@ -1025,12 +1025,10 @@ def start_origin(
     return OriginHandle(OriginServer((host, port), name=name, idle_timeout=idle_timeout))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve one origin per ``--port`` until SIGTERM or SIGINT; the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m eg.demo.origin",
-        description="A small HTTP/1.1 origin server for demos and tests.",
-    )
+def cli_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every origin CLI has: ``--port``/``--name`` pairs, ``--host``,
+    ``--idle-timeout`` (``eg.demo.origin_h2`` adds its own)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--port",
         type=int,
@@ -1051,7 +1049,16 @@ def main(argv: list[str] | None = None) -> int:
         default=IDLE_TIMEOUT,
         help="seconds a connection may stall before it is closed",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def serve_cli(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    start: Callable[[str, int, str | None], OriginHandle],
+) -> int:
+    """Start one origin per ``--port`` with ``start(host, port, name)``, print where each
+    listens, and serve until SIGTERM or SIGINT; the exit status."""
     ports: list[int] = args.port
     names: list[str] = args.name
     if len(names) > len(ports):
@@ -1074,8 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
         for index, port in enumerate(ports):
             name = names[index] if index < len(names) else None
             try:
-                handle = start_origin(host, port, name, idle_timeout=args.idle_timeout)
-            except OSError as exc:
+                handle = start(host, port, name)
+            except (OSError, ValueError) as exc:
                 print(f"origin: cannot listen on {shown}:{port}: {exc}", file=sys.stderr)
                 return 1
             handles.append(handle)
@@ -1086,6 +1093,15 @@ def main(argv: list[str] | None = None) -> int:
         for handle in handles:
             handle.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve one origin per ``--port`` until SIGTERM or SIGINT; the exit status."""
+    parser = cli_parser("python -m eg.demo.origin",
+                        "A small HTTP/1.1 origin server for demos and tests.")
+    args = parser.parse_args(argv)
+    return serve_cli(parser, args, lambda host, port, name: start_origin(
+        host, port, name, idle_timeout=args.idle_timeout))
 
 
 if __name__ == "__main__":

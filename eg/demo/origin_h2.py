@@ -90,12 +90,10 @@ real port. Tests use :func:`start_h2_origin` for an in-process server.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import enum
 import hashlib
 import select
-import signal
 import socket
 import ssl
 import sys
@@ -103,7 +101,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from types import FrameType
 from urllib.parse import parse_qsl, urlsplit
 
 import h2.config
@@ -129,6 +126,8 @@ from eg.demo.origin import (
     OriginServer,
     QueryParams,
     _HttpError,
+    cli_parser,
+    serve_cli,
 )
 
 # SETTINGS_MAX_CONCURRENT_STREAMS we advertise unless told otherwise (h2's own default).
@@ -933,24 +932,10 @@ def start_h2_origin(
 
 def main(argv: list[str] | None = None) -> int:
     """Serve one origin per ``--port`` until SIGTERM or SIGINT; the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m eg.demo.origin_h2",
-        description="A small HTTP/2 origin server (h2c, or TLS with ALPN h2) for demos and tests.",
+    parser = cli_parser(
+        "python -m eg.demo.origin_h2",
+        "A small HTTP/2 origin server (h2c, or TLS with ALPN h2) for demos and tests.",
     )
-    parser.add_argument(
-        "--port",
-        type=int,
-        action="append",
-        required=True,
-        help="port to listen on (repeatable; 0 picks a free port)",
-    )
-    parser.add_argument(
-        "--name",
-        action="append",
-        default=[],
-        help="name of the origin on the matching --port (repeatable; default: the port)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--cert", help="PEM certificate chain: serve TLS with ALPN h2")
     parser.add_argument("--key", help="PEM private key for --cert")
     parser.add_argument(
@@ -965,57 +950,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="send GOAWAY after this many streams on a connection (default 0: never)",
     )
-    parser.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=IDLE_TIMEOUT,
-        help="seconds a connection may stall before it is closed",
-    )
     args = parser.parse_args(argv)
-    ports: list[int] = args.port
-    names: list[str] = args.name
-    if len(names) > len(ports):
-        parser.error("more --name than --port")
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together")
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    # As in eg.demo.origin: keep SIGINT ignored when a shell started us in the background.
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, on_signal)
-    host: str = args.host
-    shown = f"[{host}]" if ":" in host else host
-    handles: list[OriginHandle] = []
-    try:
-        for index, port in enumerate(ports):
-            name = names[index] if index < len(names) else None
-            try:
-                handle = start_h2_origin(
-                    host,
-                    port,
-                    name,
-                    cert=args.cert,
-                    key=args.key,
-                    max_concurrent_streams=args.max_concurrent_streams,
-                    max_streams_per_connection=args.max_streams_per_connection,
-                    idle_timeout=args.idle_timeout,
-                )
-            except (OSError, ValueError) as exc:
-                print(f"origin: cannot listen on {shown}:{port}: {exc}", file=sys.stderr)
-                return 1
-            handles.append(handle)
-            print(f"origin listening on {shown}:{handle.port}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for handle in handles:
-            handle.stop()
-    return 0
+    return serve_cli(parser, args, lambda host, port, name: start_h2_origin(
+        host, port, name, cert=args.cert, key=args.key,
+        max_concurrent_streams=args.max_concurrent_streams,
+        max_streams_per_connection=args.max_streams_per_connection,
+        idle_timeout=args.idle_timeout,
+    ))
 
 
 if __name__ == "__main__":
