@@ -152,10 +152,7 @@ class H2DownstreamConnection:
             return
         self.closed = True
         self.timer.release()
-        for leg in list(self.legs.values()):
-            leg.abort()
-            self._record(leg)
-        self.legs.clear()
+        self._abandon_legs()
         self.codec.release()
         rt = self.rt
         rt.connections.discard(self)
@@ -196,10 +193,7 @@ class H2DownstreamConnection:
         if self.transport.closed:
             return
         if codec.wants_close():
-            for other in list(self.legs.values()):
-                other.abort()
-                self._record(other)
-            self.legs.clear()
+            self._abandon_legs()
             self.transport.close()
             return
         self.transport.set_reading(codec.wants_read())
@@ -218,6 +212,13 @@ class H2DownstreamConnection:
         up = leg.upstream
         if up is not None:
             up.flush()
+
+    def _abandon_legs(self) -> None:
+        """The connection is ending: cancel every exchange still open upstream."""
+        for leg in list(self.legs.values()):
+            leg.abort()
+            self._record(leg)
+        self.legs.clear()
 
     def _record(self, leg: Leg) -> None:
         leg.exchange.release_pauses()
@@ -241,10 +242,7 @@ class H2DownstreamConnection:
             shard.limit_hit(err.kind)
         else:
             shard.protocol_error("downstream", err.kind)
-        for leg in list(self.legs.values()):
-            leg.abort()
-            self._record(leg)
-        self.legs.clear()
+        self._abandon_legs()
         out = self.codec.output()
         if out:
             self.transport.write(out)
@@ -284,10 +282,6 @@ class H2DownstreamConnection:
                 if not codec.requests:
                     self.rt.shard.limit_hit("header_timeout")
                 codec.goaway()
-        self.pump()
-
-    def close(self) -> None:
-        self.codec.goaway()
         self.pump()
 
     def drain(self) -> None:

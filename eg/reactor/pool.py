@@ -33,14 +33,11 @@ if TYPE_CHECKING:
     from eg.reactor.leg import Leg, Upstream
     from eg.reactor.worker import WorkerRuntime
 
-UpstreamConnection = H1UpstreamConnection
-
-
 class Pool:
     """Upstream connections of one worker (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._idle: dict[str, list[H1UpstreamConnection]] = {}
         self._h2: dict[str, list[H2UpstreamConnection]] = {}
         self._addresses: dict[str, tuple[int, tuple[str, int]]] = {}
         #: Upstream TLS contexts of this worker, by cluster name.
@@ -99,7 +96,7 @@ class Pool:
         if conns and conn in conns:
             conns.remove(conn)
 
-    def take(self, endpoint: Endpoint, now: float, max_age: float) -> UpstreamConnection | None:
+    def take(self, endpoint: Endpoint, now: float, max_age: float) -> H1UpstreamConnection | None:
         """An idle, reusable connection to ``endpoint``, or None."""
         idle = self._idle.get(endpoint.key)
         while idle:
@@ -110,7 +107,7 @@ class Pool:
             return conn
         return None
 
-    def put(self, conn: UpstreamConnection, max_idle: int) -> bool:
+    def put(self, conn: H1UpstreamConnection, max_idle: int) -> bool:
         """Keep ``conn`` for reuse; False when the per-endpoint idle limit is reached."""
         idle = self._idle.setdefault(conn.endpoint.key, [])
         if len(idle) >= max_idle:
@@ -118,7 +115,7 @@ class Pool:
         idle.append(conn)
         return True
 
-    def forget(self, conn: UpstreamConnection) -> None:
+    def forget(self, conn: H1UpstreamConnection) -> None:
         idle = self._idle.get(conn.endpoint.key)
         if idle and conn in idle:
             idle.remove(conn)
