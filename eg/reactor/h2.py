@@ -385,14 +385,25 @@ class H2UpstreamConnection:
                 f"(got {transport.alpn!r})", kind="alpn", retry=Retry.NO)
             transport.abort()
             return
-        self.connected = True
         self.cluster.report_success(self.endpoint)
-        self.flush()  # the connection preface
+        self.flush()  # the connection preface; legs wait for the upstream's SETTINGS
+
+    def _settings_arrived(self) -> None:
+        """The upstream's SETTINGS are in: its stream limit is known, so the legs that
+        waited open streams up to it (until then it is unknown, and opening them all
+        could exceed it); the rest go elsewhere, as if refused (never sent)."""
+        self.connected = True
         waiting = self.waiting
         self.waiting = []
         for leg in waiting:
-            leg.upstream_ready(self)
-        self._arm()
+            if leg.upstream is not self:
+                continue
+            if self.codec.can_open():
+                leg.upstream_ready(self)
+            else:
+                leg.upstream_failed(self, Closed(
+                    f"upstream {self.endpoint.key} stream limit reached", side=Side.UPSTREAM,
+                    status_hint=502, retry=Retry.YES, kind="h2_refused"), stale=True)
 
     def data_received(self, data: bytes) -> None:
         codec = self.codec
@@ -408,6 +419,8 @@ class H2UpstreamConnection:
             self.transport.close()
             return
         self._count_refusals()
+        if not self.connected and codec.settings_received:
+            self._settings_arrived()
         legs = self.legs
         touched: list[Leg] = []
         for msg in msgs:
@@ -504,7 +517,7 @@ class H2UpstreamConnection:
 
     def _arm(self) -> None:
         if not self.connected:
-            return  # the connect deadline stays armed
+            return  # the connect deadline stays armed until the upstream's SETTINGS
         due = self.codec.deadline()
         deadline = _INF if due is None else due
         if not self.legs:
@@ -518,7 +531,7 @@ class H2UpstreamConnection:
         transport = self.transport
         if transport.closed:
             return
-        if not self.connected:
+        if not self.connected:  # no TCP, TLS or SETTINGS in time
             self._error = Timeout(f"connect to {self.endpoint.key} timed out", phase="connect",
                                   side=Side.UPSTREAM, status_hint=504)
             transport.abort()

@@ -228,6 +228,8 @@ class H2Codec:
         self._dead = False
         self._goaway_sent = False
         self._goaway_received: int | None = None
+        #: The peer's first SETTINGS arrived: its stream limit and windows are known.
+        self.settings_received = False
         self._peer_resets = _Budget(ctx.max_peer_resets, ctx.flood_window)
         self._local_errors = _Budget(ctx.max_local_errors, ctx.flood_window)
         self._settings = _Budget(ctx.max_settings, ctx.flood_window)
@@ -440,6 +442,7 @@ class H2Codec:
             self._flush_all()
 
     def _on_settings(self, event: RemoteSettingsChanged, msgs: list[Message], now: float) -> None:
+        self.settings_received = True
         if self._settings.spend(now):
             self._calm_down("settings")
         # A larger SETTINGS_INITIAL_WINDOW_SIZE or frame size may unblock streams.
