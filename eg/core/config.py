@@ -127,6 +127,40 @@ class Http2Config:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class QuicConfig:
+    idle_timeout: float = 30.0
+    """A QUIC connection with no packet for this long ends (max_idle_timeout, RFC 9000
+    §10.1); also the idle timeout of upstream HTTP/3 connections."""
+    max_udp_payload: int = 1350
+    """Largest UDP payload sent: fits a 1500-byte path with IPv6 and tunnel headers."""
+    max_requests_per_connection: int = 1000
+    """Requests per HTTP/3 connection before GOAWAY; it closes once they are done."""
+    max_field_section_size: int = 1024 * 1024
+    """SETTINGS_MAX_FIELD_SECTION_SIZE we advertise and enforce (decoded bytes)."""
+    qpack_max_table_capacity: int = 0
+    """QPACK dynamic table we let peers use (0: static table and literals only)."""
+    qpack_blocked_streams: int = 0
+    """Streams a peer may leave blocked on QPACK table updates."""
+    max_stream_data: int = 256 * 1024
+    """Receive window per stream; bytes a paused stream may still hold (H3_EXCESSIVE_LOAD
+    past ``limits.buffer_limit``)."""
+    max_data: int = 4 * 1024 * 1024
+    """Receive window per connection."""
+    max_connections: int = 10000
+    """QUIC connections per worker per listener; new ones are refused past it."""
+    retry: str = "auto"
+    """Stateless Retry (address validation): auto (when a worker has more than
+    ``retry_threshold`` handshakes in progress), always, or never."""
+    retry_threshold: int = 64
+    """Handshakes in progress per worker above which ``retry = "auto"`` sends Retry."""
+    retry_token_lifetime: float = 10.0
+    """A Retry token is accepted this long after it was issued, from the same address."""
+    steering: str = "auto"
+    """How packets reach the worker owning their connection: auto (ebpf, else cbpf),
+    ebpf, cbpf (first CID byte only) or userspace (hand-off between workers)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     x_forwarded_for: bool = True
     x_forwarded_proto: bool = True
@@ -249,6 +283,7 @@ class Config:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     http2: Http2Config = field(default_factory=Http2Config)
+    quic: QuicConfig = field(default_factory=QuicConfig)
     source: str = "<memory>"
     """Where the config was read from (for messages)."""
 
@@ -256,12 +291,16 @@ class Config:
 # --- validation ---------------------------------------------------------------------------
 
 # Accepted enumerations; each grows as the matching feature lands.
-LISTENER_PROTOCOLS: Final = ("h1", "h1s", "h2c", "https")
-#: Listener protocols that run over TLS.
-TLS_PROTOCOLS: Final = ("h1s", "https")
-CLUSTER_PROTOCOLS: Final = ("h1", "h1s", "h2", "h2c")
+LISTENER_PROTOCOLS: Final = ("h1", "h1s", "h2c", "https", "quic")
+#: Listener protocols that run over TLS (QUIC's is TLS 1.3 inside QUIC).
+TLS_PROTOCOLS: Final = ("h1s", "https", "quic")
+CLUSTER_PROTOCOLS: Final = ("h1", "h1s", "h2", "h2c", "h3")
 #: Cluster protocols that run over TLS.
-UPSTREAM_TLS_PROTOCOLS: Final = ("h1s", "h2")
+UPSTREAM_TLS_PROTOCOLS: Final = ("h1s", "h2", "h3")
+RETRY_MODES: Final = ("auto", "always", "never")
+STEERING_MODES: Final = ("auto", "ebpf", "cbpf", "userspace")
+#: QUIC's smallest allowed max_udp_payload_size (RFC 9000 §18.2).
+MIN_UDP_PAYLOAD: Final = 1200
 LB_POLICIES: Final = ("round_robin",)
 LOG_FORMATS: Final = ("json", "text", "plain")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -452,6 +491,7 @@ class _Checker:
         timeouts = self._timeouts(top.table("timeouts", TimeoutsConfig))
         proxy = self._proxy(top.table("proxy", ProxyConfig))
         http2 = self._http2(top.table("http2", Http2Config))
+        quic = self._quic(top.table("quic", QuicConfig))
         listeners = self._listeners(top.tables("listeners", ListenerConfig, required=True))
         clusters = self._clusters(top.tables("clusters", ClusterConfig, required=False))
         routes = self._routes(top.tables("routes", RouteConfig, required=False), clusters)
@@ -466,6 +506,7 @@ class _Checker:
             timeouts=timeouts,
             proxy=proxy,
             http2=http2,
+            quic=quic,
             source=self.source,
         )
 
@@ -549,6 +590,29 @@ class _Checker:
             initial_window_size=window,
             zero_window_timeout=table.seconds("zero_window_timeout"),
             max_glitches=table.integer("max_glitches", minimum=1),
+        )
+
+    def _quic(self, table: _Table) -> QuicConfig:
+        payload = table.integer("max_udp_payload", minimum=MIN_UDP_PAYLOAD)
+        if payload > 65527:
+            self.fail(table.path_of("max_udp_payload"),
+                      f"expected an integer <= 65527, got {payload}")
+        return QuicConfig(
+            idle_timeout=table.seconds("idle_timeout"),
+            max_udp_payload=payload,
+            max_requests_per_connection=table.integer("max_requests_per_connection",
+                                                      minimum=1),
+            max_field_section_size=table.integer("max_field_section_size",
+                                                 minimum=MIN_HEAD_SIZE),
+            qpack_max_table_capacity=table.integer("qpack_max_table_capacity", minimum=0),
+            qpack_blocked_streams=table.integer("qpack_blocked_streams", minimum=0),
+            max_stream_data=table.integer("max_stream_data", minimum=1024),
+            max_data=table.integer("max_data", minimum=1024),
+            max_connections=table.integer("max_connections", minimum=1),
+            retry=table.choice("retry", RETRY_MODES),
+            retry_threshold=table.integer("retry_threshold", minimum=0),
+            retry_token_lifetime=table.seconds("retry_token_lifetime"),
+            steering=table.choice("steering", STEERING_MODES),
         )
 
     def _proxy(self, table: _Table) -> ProxyConfig:

@@ -140,6 +140,15 @@ class Loop:
     def timer(self, callback: Callable[[float], None], owner: Guarded) -> Timer:
         return Timer(self, callback, owner)
 
+    def guarded(self, owner: Guarded, callback: Callable[..., None], *args: object) -> None:
+        """Run ``callback(*args)`` for ``owner`` under the per-connection guard: for
+        handlers that serve many connections (a QUIC listener feeding each datagram to
+        its connection), so a failure closes that connection, not the whole handler."""
+        try:
+            callback(*args)
+        except Exception as exc:  # the per-connection guard (see worker.py)
+            self._guard(owner, exc)
+
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` after the current batch of events (outside any handler)."""
         self._soon.append(callback)

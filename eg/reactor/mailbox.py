@@ -1,6 +1,7 @@
 """Cross-thread hand-off: a SimpleQueue plus an eventfd the receiving loop polls.
 
-Only frozen values travel through it (control messages, config snapshots).
+Only frozen values travel through it (control messages, config snapshots, and QUIC
+datagrams handed to the worker that owns their connection).
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ class Reload:
     config: Config
 
 
-Control = Drain | Stop | Reload
+@dataclass(frozen=True, slots=True)
+class QuicDatagram:
+    """A datagram for a QUIC connection another worker owns (userspace steering)."""
+
+    listener: str
+    data: bytes
+    addr: tuple[str, int]
+
+
+Control = Drain | Stop | Reload | QuicDatagram
 
 
 class Mailbox:

@@ -12,6 +12,8 @@
   (below both sides' SETTINGS_MAX_CONCURRENT_STREAMS, no GOAWAY, younger than
   ``max_age``), else a new connection. Streams from any downstream connection of the
   worker share these connections; one still connecting takes legs up to its limit.
+* HTTP/3 (h3): the same, over QUIC connections (``h3.H3UpstreamConnection``), whose
+  stream limit is the upstream's MAX_STREAMS.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from eg.core.proxy.balance import ClusterState, Endpoint
 from eg.reactor.h1 import H1UpstreamConnection
 from eg.reactor.h2 import H2UpstreamConnection
+from eg.reactor.h3 import H3UpstreamConnection
 from eg.reactor.tls import ALPN_H1, ALPN_H2, client_tls
 
 if TYPE_CHECKING:
     import ssl
+
+    from qh3.quic.configuration import QuicConfiguration
 
     from eg.core.config import ClusterConfig
     from eg.reactor.leg import Leg, Upstream
@@ -39,6 +45,9 @@ class Pool:
     def __init__(self) -> None:
         self._idle: dict[str, list[H1UpstreamConnection]] = {}
         self._h2: dict[str, list[H2UpstreamConnection]] = {}
+        self._h3: dict[str, list[H3UpstreamConnection]] = {}
+        #: QUIC client configurations of this worker, by cluster name.
+        self._quic: dict[str, QuicConfiguration] = {}
         self._addresses: dict[str, tuple[int, tuple[str, int]]] = {}
         #: Upstream TLS contexts of this worker, by cluster name.
         self._tls: dict[str, ssl.SSLContext] = {}
@@ -48,8 +57,17 @@ class Pool:
         """Build this worker's upstream TLS contexts (validated by the main thread)."""
         self._tls = {
             c.name: client_tls(c.tls, alpn=ALPN_H2 if c.protocol == "h2" else ALPN_H1)
-            for c in clusters if c.tls is not None
+            for c in clusters if c.tls is not None and c.protocol != "h3"
         }
+        self._quic = {}
+        rt = self.rt
+        assert rt is not None
+        for c in clusters:
+            if c.protocol == "h3":
+                tls = c.tls
+                self._quic[c.name] = rt.h3.client_configuration(
+                    server_name=tls.server_name if tls else "",
+                    verify=tls.verify if tls else True, ca_file=tls.ca_file if tls else "")
 
     def lease(
         self, leg: Leg, cluster: ClusterState, endpoint: Endpoint, *, fresh: bool
@@ -71,6 +89,18 @@ class Pool:
         if tls is not None:
             assert cfg.tls is not None
             server_name = cfg.tls.server_name or endpoint.host
+        if cfg.protocol == "h3":
+            for h3 in self._h3.get(endpoint.key, ()):
+                if h3.can_take(now):
+                    rt.shard.upstream_reused(cluster.name)
+                    return h3, h3.add(leg)
+            quic = self._quic[cfg.name]
+            if not quic.server_name:
+                # One configuration per cluster; the SNI/verified name per endpoint.
+                quic = replace(quic, server_name=endpoint.host)
+            h3conn = H3UpstreamConnection(rt, cluster, endpoint, self._resolve(endpoint), quic)
+            self._h3.setdefault(endpoint.key, []).append(h3conn)
+            return h3conn, h3conn.add(leg)
         if cfg.protocol in ("h2", "h2c"):
             for conn in self._h2.get(endpoint.key, ()):
                 if conn.can_take(now):
@@ -93,6 +123,11 @@ class Pool:
 
     def forget_h2(self, conn: H2UpstreamConnection) -> None:
         conns = self._h2.get(conn.endpoint.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def forget_h3(self, conn: H3UpstreamConnection) -> None:
+        conns = self._h3.get(conn.endpoint.key)
         if conns and conn in conns:
             conns.remove(conn)
 
@@ -132,6 +167,9 @@ class Pool:
         for conns in list(self._h2.values()):
             for h2 in list(conns):
                 h2.retire()
+        for h3s in list(self._h3.values()):
+            for h3 in list(h3s):
+                h3.retire()
 
     def connect(self, endpoint: Endpoint) -> socket.socket:
         """Start a non-blocking connect; the socket becomes writable when it completes.

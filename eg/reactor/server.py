@@ -29,9 +29,11 @@ from eg.core.errors import ConfigError
 from eg.core.metrics import Shard, render
 from eg.reactor.admin import AdminServer, AdminState
 from eg.reactor.listener import bind_listeners
-from eg.reactor.mailbox import Drain, Reload, Stop
+from eg.reactor.mailbox import Drain, Mailbox, Reload, Stop
+from eg.reactor.quic import bind_datagram
+from eg.reactor.steer import Steering
 from eg.reactor.tls import check_tls
-from eg.reactor.worker import Worker
+from eg.reactor.worker import QuicShared, Worker
 
 log = logging.getLogger("eg")
 
@@ -99,14 +101,18 @@ def _serve(config: Config, config_path: str | None, gil: bool) -> int:
         log.error(problem)
         return 1
     try:
-        bound = {lc.name: bind_listeners(lc.address, count) for lc in config.listeners}
+        bound = {lc.name: (bind_datagram if lc.protocol == "quic" else bind_listeners)(
+            lc.address, count) for lc in config.listeners}
+        steering = _attach_steering(config, bound)
     except OSError as exc:
         log.error(f"cannot bind a listener: {exc}")
         return 1
     shards = [Shard() for _ in range(count)]
+    shared = QuicShared(retry_key=os.urandom(32), steering=steering,
+                        mailboxes=[Mailbox() for _ in range(count)])
     workers = [
         Worker(index=i, cpu=cpu, config=config, shard=shards[i],
-               sockets={name: socks[i] for name, socks in bound.items()})
+               sockets={name: socks[i] for name, socks in bound.items()}, quic=shared)
         for i, cpu in enumerate(cpus)
     ]
     state = AdminState(workers_alive=lambda: all(w.is_alive() for w in workers))
@@ -151,7 +157,9 @@ def _serve(config: Config, config_path: str | None, gil: bool) -> int:
                  ((lc, bound[lc.name]) for lc in config.listeners)}
     log.info("eg started", extra={
         "gil_enabled": gil, "workers": count, "cpus": [c for c in cpus if c is not None],
-        "listeners": listening, "admin": f"127.0.0.1:{admin.port}" if admin else "",
+        "listeners": listening,
+        "quic_steering": {name: s.mode if s else "userspace" for name, s in steering.items()},
+        "admin": f"127.0.0.1:{admin.port}" if admin else "",
         "config": config.source, "python": sys.version.split()[0]})
 
     while True:
@@ -163,6 +171,26 @@ def _serve(config: Config, config_path: str | None, gil: bool) -> int:
                 _reload(config_path or config.source, config, workers)
                 continue
             return _drain(config, workers, state, admin)
+
+
+def _attach_steering(config: Config, bound: dict[str, list[socket.socket]],
+                     ) -> dict[str, Steering | None]:
+    """Attach each QUIC listener's steering program (None: userspace hand-off).
+
+    Raises:
+        OSError: a mode named explicitly in the config cannot be attached.
+    """
+    out: dict[str, Steering | None] = {}
+    prefer = config.quic.steering
+    for lc in config.listeners:
+        if lc.protocol != "quic":
+            continue
+        if prefer == "userspace" or len(bound[lc.name]) == 1:
+            out[lc.name] = None
+            continue
+        steering = Steering.attach(bound[lc.name], prefer=prefer)
+        out[lc.name] = steering if steering.mode != "none" else None
+    return out
 
 
 def _reload(path: str, current: Config, workers: list[Worker]) -> None:

@@ -28,6 +28,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from eg.core.codec.h3._context import check_quic_certificate
 from eg.core.config import Config, TlsConfig, UpstreamTlsConfig
 from eg.reactor.loop import EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop
 from eg.reactor.stream import RECV_SIZE, StreamProtocol, Transport
@@ -147,7 +148,10 @@ def check_tls(config: Config) -> str | None:
         if lc.tls is not None:
             try:
                 server_tls(lc.tls, alpn=listener_alpn(lc.protocol))
-            except (OSError, ssl.SSLError) as exc:
+                if lc.protocol == "quic":
+                    first = lc.tls.certificates[0]
+                    check_quic_certificate(first.cert, first.key)
+            except (OSError, ssl.SSLError, ValueError) as exc:
                 return f"listener {lc.name}: cannot load its certificates: {exc}"
     for cc in config.clusters:
         if cc.tls is not None:

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 from eg.core.codec.h1._parse import H1Context
 from eg.core.codec.h2._context import H2Context
-from eg.core.config import Config
+from eg.core.codec.h3._context import H3Context
+from eg.core.codec.h3.retry import RetryTokens
+from eg.core.config import Config, TlsConfig
 from eg.core.metrics import Shard
 from eg.core.proxy.balance import ClusterState
 from eg.core.proxy.exchange import ExchangeContext
@@ -28,8 +30,10 @@ from eg.core.proxy.route import RouteTable
 from eg.log import AccessLog
 from eg.reactor.listener import Listener
 from eg.reactor.loop import EPOLLIN, Guarded, Loop
-from eg.reactor.mailbox import Drain, Mailbox, Reload, Stop
+from eg.reactor.mailbox import Drain, Mailbox, QuicDatagram, Reload, Stop
 from eg.reactor.pool import Pool
+from eg.reactor.quic import QuicListener
+from eg.reactor.steer import Steering
 from eg.reactor.tls import ServerTls, listener_alpn, server_tls
 
 log = logging.getLogger("eg.worker")
@@ -61,6 +65,7 @@ class WorkerRuntime:
     access_log: AccessLog
     h1: H1Context
     h2: H2Context
+    h3: H3Context
     routes: RouteTable
     clusters: dict[str, ClusterState]
     pool: Pool = field(default_factory=Pool)
@@ -74,6 +79,7 @@ class WorkerRuntime:
         self.clusters = _clusters(config, self.index)
         self.h1 = _h1_context(config)
         self.h2 = _h2_context(config)
+        self.h3 = _h3_context(config, self.h2)
         self.pool.set_clusters(config.clusters)
 
 
@@ -96,6 +102,29 @@ def _h2_context(config: Config) -> H2Context:
         buffer_limit=limits.buffer_limit, zero_window_timeout=h2.zero_window_timeout,
         max_glitches=h2.max_glitches,
     )
+
+
+def _h3_context(config: Config, fields: H2Context) -> H3Context:
+    q = config.quic
+    return H3Context(
+        fields=fields, idle_timeout=q.idle_timeout, max_udp_payload=q.max_udp_payload,
+        max_requests=q.max_requests_per_connection,
+        max_field_section_size=q.max_field_section_size,
+        qpack_max_table_capacity=q.qpack_max_table_capacity,
+        qpack_blocked_streams=q.qpack_blocked_streams, max_stream_data=q.max_stream_data,
+        max_data=q.max_data,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QuicShared:
+    """What the workers' QUIC listeners share, built by the main thread: the Retry key
+    (any worker checks tokens another issued), the steering program of each listener
+    (None: userspace hand-off) and the workers' mailboxes (for that hand-off)."""
+
+    retry_key: bytes
+    steering: dict[str, Steering | None]
+    mailboxes: list[Mailbox]
 
 
 def exchange_context(config: Config, scheme: bytes, alt_svc: str = "") -> ExchangeContext:
@@ -127,6 +156,7 @@ class Worker(threading.Thread):
         config: Config,
         shard: Shard,
         sockets: dict[str, socket.socket],
+        quic: QuicShared | None = None,
     ) -> None:
         super().__init__(name=f"eg-worker-{index}", daemon=True)
         self.index = index
@@ -134,11 +164,12 @@ class Worker(threading.Thread):
         self.config = config
         self.shard = shard
         self.sockets = sockets
-        self.mailbox = Mailbox()
+        self.quic = quic
+        self.mailbox = quic.mailboxes[index] if quic is not None else Mailbox()
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.aborted_on_stop = 0
-        self._listeners: list[Listener] = []
+        self._listeners: list[Listener | QuicListener] = []
         self._rt: WorkerRuntime | None = None
         self._stopping = False
 
@@ -168,10 +199,11 @@ class Worker(threading.Thread):
         loop = Loop(self._guard)
         obs = config.observability
         access = AccessLog(obs.log_format, enabled=obs.access_log)
+        h2 = _h2_context(config)
         rt = WorkerRuntime(
             index=self.index, config=config, loop=loop, shard=self.shard, access_log=access,
-            h1=_h1_context(config), h2=_h2_context(config), routes=RouteTable(config.routes),
-            clusters=_clusters(config, self.index),
+            h1=_h1_context(config), h2=h2, h3=_h3_context(config, h2),
+            routes=RouteTable(config.routes), clusters=_clusters(config, self.index),
         )
         rt.pool.rt = rt
         rt.pool.set_clusters(config.clusters)
@@ -181,6 +213,9 @@ class Worker(threading.Thread):
             lrt = ListenerRuntime(name=lc.name, protocol=lc.protocol, scheme=scheme,
                                   alt_svc=lc.alt_svc,
                                   ctx=exchange_context(config, scheme, lc.alt_svc))
+            if lc.protocol == "quic":
+                self._listeners.append(self._quic_listener(rt, lrt, lc.tls))
+                continue
             if lc.tls is not None:
                 # This worker's own contexts (validated once by the main thread already).
                 lrt.tls = server_tls(lc.tls, alpn=listener_alpn(lc.protocol))
@@ -189,6 +224,26 @@ class Worker(threading.Thread):
         loop.register(self.mailbox.fd, EPOLLIN, _MailboxHandler(self))
         self._rt = rt
         return rt
+
+    def _quic_listener(self, rt: WorkerRuntime, lrt: ListenerRuntime,
+                       tls: TlsConfig | None) -> QuicListener:
+        shared = self.quic
+        assert shared is not None and tls is not None
+        cert = tls.certificates[0]
+        return QuicListener(
+            rt, lrt, self.sockets[lrt.name],
+            configuration=rt.h3.server_configuration(cert.cert, cert.key),
+            tokens=RetryTokens(bytes(bytearray(shared.retry_key)),
+                               rt.config.quic.retry_token_lifetime),
+            steering=shared.steering.get(lrt.name), workers=len(shared.mailboxes),
+            handoff=self._handoff,
+        )
+
+    def _handoff(self, worker: int, listener: str, data: bytes, addr: tuple[str, int]) -> None:
+        """Userspace steering: the datagram belongs to ``worker``'s connection."""
+        shared = self.quic
+        assert shared is not None
+        shared.mailboxes[worker].post(QuicDatagram(listener, data, addr))
 
     def _guard(self, handler: Guarded, exc: BaseException) -> None:
         """The per-connection guard: count, log, close that connection only."""
@@ -210,17 +265,30 @@ class Worker(threading.Thread):
                 self._drain(rt)
             elif isinstance(msg, Stop):
                 rt.loop.running = False
+            elif isinstance(msg, QuicDatagram):
+                self._quic_datagram(msg)
             elif isinstance(msg, Reload):
                 rt.apply(msg.config)
                 for listener in self._listeners:
                     listener.lrt.ctx = exchange_context(msg.config, listener.lrt.scheme,
                                                         listener.lrt.alt_svc)
 
+    def _quic_datagram(self, msg: QuicDatagram) -> None:
+        for listener in self._listeners:
+            if isinstance(listener, QuicListener) and listener.lrt.name == msg.listener:
+                if not listener.closed:
+                    conn = listener.datagram(msg.data, msg.addr, handed=True)
+                    if conn is not None:
+                        conn.pump()
+                return
+
     def _drain(self, rt: WorkerRuntime) -> None:
         rt.draining = True
         for listener in self._listeners:
             listener.close()
-        self._listeners = []
+        # A QUIC listener's socket stays open while its connections drain over it.
+        self._listeners = [q for q in self._listeners
+                           if isinstance(q, QuicListener) and not q.closed]
         rt.pool.close_all()
         for conn in list(rt.connections):
             conn.drain()  # type: ignore[attr-defined]
@@ -233,6 +301,9 @@ class Worker(threading.Thread):
             if getattr(conn, "busy", False):
                 aborted += 1
             conn.on_crash(RuntimeError("shutdown"))  # type: ignore[attr-defined]
+        for listener in self._listeners:
+            if isinstance(listener, QuicListener):
+                listener.close()  # the second close: its connections are gone now
         self.aborted_on_stop = aborted
         rt.pool.close_all()
         rt.access_log.flush()

@@ -1,0 +1,297 @@
+"""HTTP/3 upstream connections: one QUIC connection to an endpoint, many legs.
+
+``H3UpstreamConnection`` is the HTTP/3 twin of ``h2.H2UpstreamConnection``: the pool
+leases streams on it to legs of any downstream connection of the worker. Its UDP socket
+is connected to the endpoint (so the kernel drops datagrams from anyone else) and
+registered in the worker's loop; its codec's single timer (loss detection, ACK delay,
+the QUIC idle timeout) is folded into the worker's timer heap.
+
+Legs that arrive before the handshake has completed wait; then they open streams up
+to the upstream's stream limit and the rest are retried elsewhere as refused (never
+sent). A GOAWAY from the upstream retires the connection: streams it did not process
+come back as refused and are retried, the others finish. A connection idle for the
+cluster's ``pool.idle_timeout`` (or QUIC's own idle timeout) closes; the next request
+opens a new one. Certificate verification failures end it with ``kind="tls_verify"``.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import TYPE_CHECKING
+
+from eg.core.codec.h3._context import H3_NO_ERROR
+from eg.core.codec.h3.client import H3ClientCodec
+from eg.core.errors import Closed, ConnectError, EgError, Retry, Timeout
+from eg.core.message import Reset, ResetCode, Side
+from eg.core.proxy.balance import ClusterState, Endpoint
+from eg.reactor.leg import Leg
+from eg.reactor.loop import EPOLLIN
+from eg.reactor.quic import RECV_BATCH, RECV_SIZE
+
+if TYPE_CHECKING:
+    from qh3.quic.configuration import QuicConfiguration
+
+    from eg.reactor.worker import WorkerRuntime
+
+
+class H3UpstreamConnection:
+    """One HTTP/3 connection to an endpoint, shared by many legs (module docstring)."""
+
+    multiplexed = True
+
+    def __init__(
+        self,
+        rt: WorkerRuntime,
+        cluster: ClusterState,
+        endpoint: Endpoint,
+        address: tuple[int, tuple[str, int]],
+        configuration: QuicConfiguration,
+    ) -> None:
+        self.rt = rt
+        self.cluster = cluster
+        self.endpoint = endpoint
+        family, self.addr = address
+        self.legs: dict[int, Leg] = {}
+        self.waiting: list[Leg] = []
+        self.connected = False
+        self.retired = False
+        self.closed = False
+        self._congested: set[int] = set()
+        self._error: EgError | None = None
+        now = rt.loop.now
+        self.created = now
+        self._idle_since = now
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.connect(self.addr)
+        except OSError:
+            self.sock.close()
+            raise
+        self.fd = self.sock.fileno()
+        self.codec = H3ClientCodec(rt.h3, configuration, self.addr, now)
+        self.timer = rt.loop.timer(self._on_timer, self)
+        self._connect_deadline = now + rt.config.timeouts.connect
+        rt.loop.register(self.fd, EPOLLIN, self)
+        rt.shard.upstream_conn_opened(cluster.name)
+        self.flush()
+
+    # -- leasing ----------------------------------------------------------------------------
+
+    def can_take(self, now: float) -> bool:
+        if self.retired or self.closed:
+            return False
+        if now - self.created > self.cluster.config.pool.max_age:
+            self.retire()
+            return False
+        if not self.connected:
+            return len(self.waiting) < self.rt.h2.max_concurrent_streams
+        return self.codec.can_open()
+
+    def add(self, leg: Leg) -> bool:
+        if self.connected:
+            return True
+        self.waiting.append(leg)
+        return False
+
+    def bind(self, leg: Leg) -> None:
+        self.legs[leg.exchange.up_sid] = leg
+
+    def release_leg(self, leg: Leg) -> None:
+        sid = leg.exchange.up_sid
+        if self.legs.get(sid) is leg:
+            del self.legs[sid]
+            self._congested.discard(sid)
+        elif leg in self.waiting:
+            self.waiting.remove(leg)
+        if self.closed:
+            return
+        self.flush()
+        if not self.legs and not self.waiting:
+            self._idle_since = self.rt.loop.now
+            if self.retired or self.codec.wants_close():
+                self.close()
+
+    def retire(self) -> None:
+        """Take no more legs; close once the streams in flight are done."""
+        self.retired = True
+        self.rt.pool.forget_h3(self)
+        if not self.legs and not self.waiting and not self.closed:
+            self.close()
+
+    # -- input ------------------------------------------------------------------------------
+
+    def on_events(self, mask: int) -> None:
+        codec = self.codec
+        now = self.rt.loop.now
+        msgs = []
+        for _ in range(RECV_BATCH):
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP port unreachable: nobody listens there
+                if exc.errno == errno.ECONNREFUSED and not self.connected:
+                    self._error = ConnectError(f"connect to {self.endpoint.key} failed: "
+                                               "port unreachable")
+                    self._teardown()
+                    return
+                continue
+            msgs.extend(codec.feed(data, self.addr, now))
+        self._handle(msgs)
+
+    def _handle(self, msgs: list) -> None:  # type: ignore[type-arg]
+        codec = self.codec
+        for kind in codec.take_refusals():
+            self.rt.shard.protocol_error("upstream", kind)
+        if not self.connected and codec.handshake_done and not codec.closed:
+            self._handshake_done()
+        touched: list[Leg] = []
+        legs = self.legs
+        for msg in msgs:
+            leg = legs.get(msg.stream_id)
+            if leg is None:
+                continue
+            touched.append(leg)
+            if isinstance(msg, Reset) and msg.code == ResetCode.REFUSED_STREAM and \
+                    not leg.exchange.response_started:
+                del legs[msg.stream_id]
+                leg.upstream_failed(self, Closed(
+                    f"upstream {self.endpoint.key} refused the stream", side=Side.UPSTREAM,
+                    status_hint=502, retry=Retry.YES, kind="h2_refused"), stale=True,
+                    pump=False)
+                continue
+            leg.deliver(msg)
+        if codec.goaway_received is not None and not self.retired:
+            self.retire()
+        self.flush()
+        for leg in dict.fromkeys(touched):
+            leg.down.pump(leg)
+        if codec.closed:
+            self._teardown()
+
+    def _handshake_done(self) -> None:
+        """QUIC and TLS are up: waiting legs open streams up to the upstream's limit."""
+        self.connected = True
+        self.cluster.report_success(self.endpoint)
+        waiting = self.waiting
+        self.waiting = []
+        for leg in waiting:
+            if leg.upstream is not self:
+                continue
+            if self.codec.can_open():
+                leg.upstream_ready(self)
+            else:
+                leg.upstream_failed(self, Closed(
+                    f"upstream {self.endpoint.key} stream limit reached", side=Side.UPSTREAM,
+                    status_hint=502, retry=Retry.YES, kind="h2_refused"), stale=True)
+
+    # -- output and backpressure ------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send the codec's datagrams, report watermarks, re-arm the timer."""
+        if self.closed:
+            return
+        codec = self.codec
+        sock = self.sock
+        for data, _addr in codec.output(self.rt.loop.now):
+            try:
+                sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                self.rt.shard.limit_hit("quic_send_dropped")
+            except OSError:
+                pass  # ECONNREFUSED from an earlier datagram: the next recv reports it
+        for sid, congested in codec.take_watermarks():
+            if congested:
+                self._congested.add(sid)
+            else:
+                self._congested.discard(sid)
+            leg = self.legs.get(sid)
+            if leg is not None:
+                leg.exchange.upstream_congested(congested)
+                self.rt.loop.call_soon(leg.down.pump)
+        self._arm()
+
+    def _arm(self) -> None:
+        due = self.codec.deadline()
+        deadline = float("inf") if due is None else due
+        if not self.connected:
+            deadline = min(deadline, self._connect_deadline)
+        elif not self.legs and not self.waiting:
+            deadline = min(deadline, self._idle_since + self.cluster.config.pool.idle_timeout)
+        if deadline == float("inf"):
+            self.timer.cancel()
+        else:
+            self.timer.arm(deadline)
+
+    def _on_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        if not self.connected and now >= self._connect_deadline:
+            self._error = Timeout(f"connect to {self.endpoint.key} timed out", phase="connect",
+                                  side=Side.UPSTREAM, status_hint=504)
+            self._teardown()
+            return
+        if self.connected and not self.legs and not self.waiting and \
+                now - self._idle_since >= self.cluster.config.pool.idle_timeout:
+            self.close()
+            return
+        due = self.codec.deadline()
+        if due is not None and now >= due:
+            self._handle(self.codec.on_timer(now))
+            return
+        self._arm()
+
+    # -- end --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """CONNECTION_CLOSE(H3_NO_ERROR) and forget it (nothing is in flight)."""
+        if self.closed:
+            return
+        self.retired = True
+        self.codec.close(H3_NO_ERROR)
+        self.flush()
+        self._teardown()
+
+    def abort(self) -> None:
+        self.close()
+
+    def on_crash(self, exc: BaseException) -> None:
+        """After an unexpected exception: every stream on it fails (502 or reset)."""
+        self.close()
+
+    def _teardown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.retired = True
+        rt = self.rt
+        self.timer.release()
+        rt.loop.unregister(self.fd)
+        self.sock.close()
+        rt.shard.upstream_conn_closed(self.cluster.name)
+        rt.pool.forget_h3(self)
+        err = self._error or self._close_error()
+        legs = list(self.legs.values()) + self.waiting
+        self.legs = {}
+        self.waiting = []
+        self.codec.release()
+        for leg in legs:
+            stale = not leg.exchange.response_started and not isinstance(err, Timeout) and \
+                err.kind not in ("tls_verify", "tls", "alpn")
+            leg.upstream_failed(self, err, stale=stale)
+
+    def _close_error(self) -> EgError:
+        codec = self.codec
+        reason = codec.close_reason
+        text = f"{reason[1]} (code {reason[0]:#x})" if reason else "closed"
+        if codec.verify_failed():
+            return ConnectError(f"QUIC to {self.endpoint.key}: certificate verification "
+                                f"failed: {text}", kind="tls_verify", retry=Retry.NO)
+        if not self.connected:
+            return ConnectError(f"QUIC handshake with {self.endpoint.key} failed: {text}",
+                                kind="tls", retry=Retry.NO)
+        return Closed(f"upstream {self.endpoint.key} closed the QUIC connection: {text}",
+                      side=Side.UPSTREAM, status_hint=502, retry=Retry.IF_REUSED,
+                      kind="upstream_closed")
