@@ -8,7 +8,7 @@ free-threaded CPython: nothing mutable, and nothing hot, is shared between threa
 whose message names the file, the line, the dotted key path, what was expected and
 what was found::
 
-    config/bad.toml:7: listeners[0].protocol: expected one of h1, h1s, h2c, https, got 'h9'
+    config/bad.toml:7: listeners[0].protocol: expected one of h1, h1s, h2c, https, quic, got 'h9'
 
 Validation is strict: unknown keys are errors (a typo must not silently fall back to a
 default), booleans are not integers, sizes and timeouts are positive, addresses are

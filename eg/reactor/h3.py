@@ -30,8 +30,7 @@ from eg.reactor.loop import EPOLLIN
 from eg.reactor.quic import RECV_BATCH, RECV_SIZE
 
 if TYPE_CHECKING:
-    from qh3.quic.configuration import QuicConfiguration
-
+    from eg.core.codec.h3._context import QuicConfiguration
     from eg.reactor.worker import WorkerRuntime
 
 

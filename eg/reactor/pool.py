@@ -33,8 +33,7 @@ from eg.reactor.tls import ALPN_H1, ALPN_H2, client_tls
 if TYPE_CHECKING:
     import ssl
 
-    from qh3.quic.configuration import QuicConfiguration
-
+    from eg.core.codec.h3._context import QuicConfiguration
     from eg.core.config import ClusterConfig
     from eg.reactor.leg import Leg, Upstream
     from eg.reactor.worker import WorkerRuntime

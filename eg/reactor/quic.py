@@ -50,8 +50,7 @@ from eg.reactor.leg import Leg, record_exchange, start_exchange
 from eg.reactor.loop import EPOLLIN
 
 if TYPE_CHECKING:
-    from qh3.quic.configuration import QuicConfiguration
-
+    from eg.core.codec.h3._context import QuicConfiguration
     from eg.reactor.steer import Steering
     from eg.reactor.worker import ListenerRuntime, WorkerRuntime
 

@@ -463,7 +463,7 @@ INVALID: list[tuple[str, str, str]] = [
         f"listener = 1 {MARK}\n" + MINIMAL,
         "listener",
         "unknown key 'listener'; expected one of listeners, clusters, routes, runtime, "
-        "observability, admin, limits, timeouts, proxy, http2 (did you mean 'listeners'?)",
+        "observability, admin, limits, timeouts, proxy, http2, quic (did you mean 'listeners'?)",
     ),
     (f"source = 'x' {MARK}\n" + MINIMAL, "source", "unknown key 'source'"),
     (f"[tls] {MARK}\ncert = 'x'\n" + LISTENER, "tls", "unknown key 'tls'"),
@@ -588,7 +588,7 @@ INVALID: list[tuple[str, str, str]] = [
     (
         f"[[listeners]]\nname = 'x'\naddress = '127.0.0.1:80'\nprotocol = 'h9' {MARK}\n",
         "listeners[0].protocol",
-        "expected one of h1, h1s, h2c, https, got 'h9'",
+        "expected one of h1, h1s, h2c, https, quic, got 'h9'",
     ),
     (
         f"[[listeners]]\nname = 'x'\naddress = '127.0.0.1:80'\nalt_svc = \"a\\tb\\u0001\" {MARK}\n",
@@ -662,9 +662,9 @@ INVALID: list[tuple[str, str, str]] = [
         "expected one of round_robin, got 'random'",
     ),
     (
-        LISTENER + CLUSTER + f"protocol = 'h3' {MARK}\n",
+        LISTENER + CLUSTER + f"protocol = 'h4' {MARK}\n",
         "clusters[0].protocol",
-        "expected one of h1, h1s, h2, h2c, got 'h3'",
+        "expected one of h1, h1s, h2, h2c, h3, got 'h4'",
     ),
     (
         LISTENER + CLUSTER + f"[[clusters]]\nname = 'demo' {MARK}\nendpoints = ['a:1']\n",

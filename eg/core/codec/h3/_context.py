@@ -15,6 +15,8 @@ from eg.core.codec.h2._context import H2Context
 from eg.core.message import ResetCode
 from eg.core.quic_steer import CID_LENGTH
 
+__all__ = ["H3Context", "QuicConfiguration", "check_quic_certificate", "h3_code", "reset_code"]
+
 #: ALPN of HTTP/3 (RFC 9114 §3.1).
 ALPN_H3 = "h3"
 #: Largest DATAGRAM frame we accept: qh3 turns on H3 datagrams (RFC 9297) and a peer
