@@ -142,8 +142,11 @@ class QuicConfig:
     qpack_blocked_streams: int = 0
     """Streams a peer may leave blocked on QPACK table updates."""
     max_stream_data: int = 256 * 1024
-    """Receive window per stream; bytes a paused stream may still hold (H3_EXCESSIVE_LOAD
-    past ``limits.buffer_limit``)."""
+    """Receive window per stream we advertise."""
+    stream_hold_limit: int = 4 * 1024 * 1024
+    """Body bytes one stream may deliver while the other side of its exchange is paused:
+    qh3 grants stream credit as data arrives rather than as it is consumed, so eg holds
+    what keeps coming, up to this, then resets the stream (H3_EXCESSIVE_LOAD)."""
     max_data: int = 4 * 1024 * 1024
     """Receive window per connection."""
     max_connections: int = 10000
@@ -607,6 +610,7 @@ class _Checker:
             qpack_max_table_capacity=table.integer("qpack_max_table_capacity", minimum=0),
             qpack_blocked_streams=table.integer("qpack_blocked_streams", minimum=0),
             max_stream_data=table.integer("max_stream_data", minimum=1024),
+            stream_hold_limit=table.integer("stream_hold_limit", minimum=1024),
             max_data=table.integer("max_data", minimum=1024),
             max_connections=table.integer("max_connections", minimum=1),
             retry=table.choice("retry", RETRY_MODES),

@@ -58,6 +58,7 @@ class H3UpstreamConnection:
         self.closed = False
         self._congested: set[int] = set()
         self._error: EgError | None = None
+        self._releasing = False
         now = rt.loop.now
         self.created = now
         self._idle_since = now
@@ -193,6 +194,11 @@ class H3UpstreamConnection:
         if self.closed:
             return
         codec = self.codec
+        if (codec.has_released() or codec.has_backlog()) and not self._releasing:
+            # Response bytes held while the downstream was congested: delivered after
+            # the current handler (flush runs inside the downstream's own pump).
+            self._releasing = True
+            self.rt.loop.call_soon(self._release)
         sock = self.sock
         for data, _addr in codec.output(self.rt.loop.now):
             try:
@@ -211,6 +217,20 @@ class H3UpstreamConnection:
                 leg.exchange.upstream_congested(congested)
                 self.rt.loop.call_soon(leg.down.pump)
         self._arm()
+
+    def _release(self) -> None:
+        """Deliver held response messages one by one until their stream pauses again,
+        then the datagrams left unprocessed meanwhile (``H3Codec``)."""
+        self._releasing = False
+        codec = self.codec
+        while not self.closed:
+            msg = codec.next_released() if codec.has_released() else None
+            if msg is not None:
+                self._handle([msg])
+            elif codec.has_backlog():
+                self._handle(codec.take_backlog(self.rt.loop.now))
+            else:
+                return
 
     def _arm(self) -> None:
         due = self.codec.deadline()

@@ -360,6 +360,7 @@ class H3DownstreamConnection:
         if leg is not None:
             self._settle(leg)
         codec = self.codec
+        self._unhold()
         if self._handshaking and codec.handshake_done:
             self._handshaking = False
             self.listener.handshaking -= 1
@@ -390,6 +391,19 @@ class H3DownstreamConnection:
             self.timer.cancel()
         else:
             self.timer.arm(due)
+
+    def _unhold(self) -> None:
+        """Pass on what the codec held while upstreams were congested, then the
+        datagrams it left unprocessed meanwhile (``H3Codec``: inbound flow control)."""
+        codec = self.codec
+        while True:
+            msg = codec.next_released() if codec.has_released() else None
+            if msg is not None:
+                self._dispatch([msg])
+            elif codec.has_backlog():
+                self._dispatch(codec.take_backlog(self.rt.loop.now))
+            else:
+                return
 
     def _settle(self, leg: Leg) -> None:
         ex = leg.exchange

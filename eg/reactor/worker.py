@@ -112,7 +112,7 @@ def _h3_context(config: Config, fields: H2Context) -> H3Context:
         max_field_section_size=q.max_field_section_size,
         qpack_max_table_capacity=q.qpack_max_table_capacity,
         qpack_blocked_streams=q.qpack_blocked_streams, max_stream_data=q.max_stream_data,
-        max_data=q.max_data,
+        max_data=q.max_data, hold_limit=q.stream_hold_limit,
     )
 
 

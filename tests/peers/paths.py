@@ -1,14 +1,16 @@
 """Where the third-party test peers are, and how to run the gRPC one.
 
 ``scripts/peers`` installs (cold) or just checks (warm, well under a second) h2load/nghttp,
-h2spec and the regular-CPython gRPC venv, then prints ``name=path`` lines. Tests ask
-:func:`peer_paths` (which runs it once per process) instead of guessing paths, so the cache
-location (``$EG_CACHE``) and the install logic live in one place; a test skips when the
-peer it needs is missing.
+h2spec, the regular-CPython gRPC venv and the HTTP/3 peers (gtlsclient, caddy, pycurl), then
+prints ``name=path`` lines. Tests ask :func:`peer_paths` (which runs it once per process), or
+:func:`require_peer` for one peer, instead of guessing paths, so the cache location
+(``$EG_CACHE``) and the install logic live in one place; a test skips when the peer it needs
+is missing.
 
 :class:`GrpcPeerServer` and :func:`grpc_peer_call` / :func:`grpc_peer_all` run
 ``grpc_peer.py`` in child processes on the venv's interpreter (grpcio cannot load on eg's
-free-threaded one), whether the client talks to the server directly or through eg.
+free-threaded one), whether the client talks to the server directly or through eg. The
+HTTP/3 peers have their wrappers in :mod:`tests.peers.h3_peers`.
 Nothing here depends on pytest or on eg, so benchmarks and scripts can use it too.
 """
 
@@ -19,12 +21,13 @@ import json
 import re
 import selectors
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PEERS_SCRIPT = REPO / "scripts" / "peers"
@@ -66,7 +69,7 @@ def parse_peer_lines(text: str) -> dict[str, Path]:
 
     Returns:
         name -> path for every available peer (``h2load``, ``nghttp``, ``h2spec``,
-        ``grpc_python``, ``grpcurl``).
+        ``grpc_python``, ``grpcurl``, ``ngtcp2_client``, ``caddy``, ``curl_h3_python``).
     """
     found: dict[str, Path] = {}
     for line in text.splitlines():
@@ -90,6 +93,45 @@ def peers_report() -> str:
     proc = _run_peers()
     lines = [line for line in proc.stdout.splitlines() if line.startswith("peers:")]
     return "\n".join([*lines, *proc.stderr.splitlines()[-10:]])
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer is not installed here (outside pytest; under pytest the test skips instead)."""
+
+
+def peer_unavailable(reason: str) -> NoReturn:
+    """Skip the running test when under pytest, else raise :class:`PeerUnavailable`.
+
+    pytest is only imported when the caller runs under it already, so this module stays
+    usable from benchmarks and scripts.
+
+    Raises:
+        PeerUnavailable: not running under pytest.
+    """
+    if "pytest" in sys.modules:
+        import pytest  # noqa: PLC0415 (see above)
+
+        pytest.skip(reason)
+    raise PeerUnavailable(reason)
+
+
+def require_peer(name: str) -> Path:
+    """The path of peer ``name``, installing the peers first if needed.
+
+    Args:
+        name: a name that ``scripts/peers`` prints, e.g. ``caddy`` or ``curl_h3_python``.
+
+    Returns:
+        The peer's path.
+
+    Raises:
+        PeerUnavailable: the peer is missing and this is not a pytest run (under pytest the
+            calling test is skipped, with what ``scripts/peers`` said as the reason).
+    """
+    path = peer_paths().get(name)
+    if path is None:
+        peer_unavailable(f"peer {name!r} is unavailable here:\n{peers_report()}")
+    return path
 
 
 class GrpcPeerServer:

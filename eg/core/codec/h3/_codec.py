@@ -16,11 +16,21 @@ Stream life in the adapter (one ``_Stream`` per request stream the exchange know
                                      connection closed ─────────▲
 
 Inbound flow control. qh3 (2.1.0, native core) grants stream credit as data arrives,
-not as it is consumed, and has no call to hold it back, so the HTTP/2 lever (withhold
-WINDOW_UPDATE) does not exist. ``pause`` therefore counts what a paused stream still
-delivers; past ``H3Context.paused_limit`` the stream is stopped and reset with
-H3_EXCESSIVE_LOAD (STYLE.md §4) and the exchange sees a Reset. A well-behaved sender
-is held back by its window (``max_stream_data``) plus the pace at which we drain it.
+not as it is consumed, and has no call to hold it back: measured, a peer sent 25 MiB on
+a stream with a 256 KiB window to a receiver that consumed nothing. So the HTTP/2 lever
+(withhold WINDOW_UPDATE) does not exist. Instead, while a stream is paused, what it
+delivers is held here instead of being passed on (so the congested side's buffer stays
+at its watermark). Once a ``resume`` ends the pause the caller takes it back one message
+at a time (``next_released``), passing each on as if it had just arrived, so a stream
+paused again half-way keeps the rest; while anything is held, new data queues behind
+it, so order is kept. Past ``H3Context.hold_limit`` held bytes the stream is stopped
+and reset with H3_EXCESSIVE_LOAD (STYLE.md §4) and the exchange sees a Reset: memory
+per stream is bounded by that limit, not by the peer's good will. Holding alone does
+not slow the sender, so while the connection holds more than ``hold_high`` bytes its
+datagrams wait unprocessed (``BACKLOG`` of them, then dropped) until the held bytes are
+back under ``hold_low``: the sender gets no ACKs, runs out of congestion window and
+stops, as a TCP sender facing a closed window would. That stalls the whole connection,
+not one stream: the price of a QUIC stack without receive-credit control.
 
 Outbound flow control. Body bytes are queued into qh3, which sends them as the peer's
 credit and the congestion window allow. After each ``output`` the bytes still queued
@@ -37,6 +47,7 @@ framing are closed by qh3's ``H3Connection`` itself (CONNECTION_CLOSE with its c
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +82,10 @@ from eg.core.codec.h3._context import (
 )
 from eg.core.errors import LimitExceeded
 from eg.core.message import Body, Message, Reset, ResetCode, Side, Trailers
+
+#: Datagrams a throttled connection keeps unprocessed (about 1.4 MiB at 1350 bytes);
+#: past it they are dropped, which QUIC's loss recovery answers by slowing down.
+BACKLOG = 1024
 
 #: An event handler: an unbound method, so the dispatch dict holds no reference back to
 #: its codec (a cycle would keep a closed connection's buffers until a GC pass).
@@ -115,13 +130,14 @@ class _Stream:
         "congested",
         "content_length",
         "head_seen",
+        "held",
+        "held_bytes",
         "in_done",
         "out_done",
         "paused",
         "received",
         "response_started",
         "sid",
-        "since_pause",
     )
 
     def __init__(self, sid: int) -> None:
@@ -133,7 +149,8 @@ class _Stream:
         self.content_length: int | None = None
         self.received = 0
         self.paused = 0
-        self.since_pause = 0
+        self.held: deque[Message] = deque()
+        self.held_bytes = 0
         self.congested = False
 
 
@@ -150,6 +167,14 @@ class H3Codec:
         self._sending: set[int] = set()
         self._watermarks: list[tuple[int, bool]] = []
         self._refusals: list[str] = []
+        #: Body bytes held for paused streams, all streams together.
+        self._held_total = 0
+        #: Datagrams not yet processed because too much is held (module docstring).
+        self._backlog: deque[tuple[bytes, tuple[str, int]]] = deque()
+        #: Datagrams dropped because the backlog was full.
+        self.dropped = 0
+        #: Streams resumed while holding messages (``next_released`` drains them).
+        self._resumed: list[int] = []
         self._issued: list[bytes] = []
         self._retired: list[bytes] = []
         self._goaway_sent = False
@@ -172,15 +197,45 @@ class H3Codec:
     # -- input ------------------------------------------------------------------------------
 
     def feed(self, data: bytes, addr: tuple[str, int], now: float) -> list[Message]:
-        """One datagram from ``addr``; returns the messages it completes."""
+        """One datagram from ``addr``; returns the messages it completes.
+
+        While the connection holds more than ``hold_high`` bytes for paused streams, the
+        datagram waits unprocessed in the backlog (dropped past ``BACKLOG``): see the
+        module docstring.
+        """
         msgs: list[Message] = []
         if self.closed:
             return msgs
+        backlog = self._backlog
+        if backlog or self._held_total > self._ctx.hold_high:
+            if len(backlog) < BACKLOG:
+                backlog.append((data, addr))
+            else:
+                self.dropped += 1  # the peer sees a loss, retransmits and slows down
+            return msgs
+        self._receive(data, addr, now)
+        self._drain(msgs)
+        return msgs
+
+    def _receive(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         try:
             self._quic.receive_datagram(data, addr, now)
         except QuicConnectionError as exc:
             self._quic.close(error_code=exc.error_code, reason_phrase=exc.reason_phrase)
-        self._drain(msgs)
+
+    def has_backlog(self) -> bool:
+        """Datagrams wait and the held bytes are back under ``hold_low``."""
+        return bool(self._backlog) and self._held_total <= self._ctx.hold_low
+
+    def take_backlog(self, now: float) -> list[Message]:
+        """Process waiting datagrams while the held bytes stay under ``hold_low``."""
+        msgs: list[Message] = []
+        backlog = self._backlog
+        low = self._ctx.hold_low
+        while backlog and self._held_total <= low and not self.closed:
+            data, addr = backlog.popleft()
+            self._receive(data, addr, now)
+            self._drain(msgs)
         return msgs
 
     def on_timer(self, now: float) -> list[Message]:
@@ -227,6 +282,8 @@ class H3Codec:
             ResetCode.INTERNAL_ERROR
         msgs.extend(Reset(stream_id=sid, code=code, side=self._side) for sid in self._streams)
         self._streams.clear()
+        self._held_total = 0
+        self._backlog.clear()
         self._sending.clear()
 
     def _on_headers(self, event: HeadersReceived, msgs: list[Message]) -> None:
@@ -250,7 +307,11 @@ class H3Codec:
             self._malformed(st, msgs)
             return
         st.in_done = True
-        msgs.append(Trailers(stream_id=st.sid, headers=fields))
+        trailers = Trailers(stream_id=st.sid, headers=fields)
+        if st.held:
+            st.held.append(trailers)  # after the body bytes held before them
+            return
+        msgs.append(trailers)
         self._maybe_done(st)
 
     def _on_data(self, event: DataReceived, msgs: list[Message]) -> None:
@@ -260,11 +321,6 @@ class H3Codec:
         data = event.data
         size = len(data)
         st.received += size
-        if st.paused:
-            st.since_pause += size
-            if st.since_pause > self._ctx.paused_limit:
-                self._excessive(st, msgs)
-                return
         end = event.stream_ended
         if (st.content_length is not None and st.received > st.content_length) or \
                 (end and not self._length_ok(st)):
@@ -274,15 +330,32 @@ class H3Codec:
             return
         if end:
             st.in_done = True
-        msgs.append(Body(stream_id=st.sid, data=data, end_stream=end))
+        body = Body(stream_id=st.sid, data=data, end_stream=end)
+        if st.paused or st.held:
+            st.held.append(body)
+            st.held_bytes += size
+            self._held_total += size
+            if st.held_bytes > self._ctx.hold_limit:
+                self._excessive(st, msgs)
+            return
+        msgs.append(body)
         if end:
             self._maybe_done(st)
 
     def _length_ok(self, st: _Stream) -> bool:
         return st.content_length is None or st.received == st.content_length
 
+    def _forget(self, sid: int) -> _Stream | None:
+        """Drop a stream's state (and what it held)."""
+        st = self._streams.pop(sid, None)
+        if st is not None and st.held_bytes:
+            self._held_total -= st.held_bytes
+            st.held_bytes = 0
+            st.held.clear()
+        return st
+
     def _on_reset(self, event: H3StreamReset, msgs: list[Message]) -> None:
-        st = self._streams.pop(event.stream_id, None)
+        st = self._forget(event.stream_id)
         if st is None:
             return
         self._sending.discard(st.sid)
@@ -293,7 +366,7 @@ class H3Codec:
 
     def _on_stop_sending(self, event: H3StopSending, msgs: list[Message]) -> None:
         """The peer does not want what we send on this stream: reset it (RFC 9000 §3.5)."""
-        st = self._streams.pop(event.stream_id, None)
+        st = self._forget(event.stream_id)
         if st is None:
             return
         self._sending.discard(st.sid)
@@ -309,14 +382,14 @@ class H3Codec:
         msgs.append(Reset(stream_id=st.sid, code=ResetCode.PROTOCOL_ERROR, side=self._side))
 
     def _excessive(self, st: _Stream, msgs: list[Message]) -> None:
-        """A paused stream kept sending past ``paused_limit`` (module docstring)."""
+        """A paused stream kept sending past ``hold_limit`` (module docstring)."""
         self._refusals.append("h3_stream_buffer")
         self._abort_stream(st, H3_EXCESSIVE_LOAD)
         msgs.append(Reset(stream_id=st.sid, code=ResetCode.ENHANCE_YOUR_CALM,
                           side=self._side))
 
     def _abort_stream(self, st: _Stream, code: int) -> None:
-        self._streams.pop(st.sid, None)
+        self._forget(st.sid)
         self._sending.discard(st.sid)
         if not st.in_done:
             self._stop_receiving(st.sid, code)
@@ -374,7 +447,7 @@ class H3Codec:
         raise NotImplementedError
 
     def _maybe_done(self, st: _Stream) -> None:
-        if st.in_done and st.out_done:
+        if st.in_done and st.out_done and not st.held:
             self._streams.pop(st.sid, None)
 
     def output(self, now: float) -> list[tuple[bytes, Any]]:
@@ -434,14 +507,40 @@ class H3Codec:
     def pause(self, stream_id: int) -> None:
         st = self._streams.get(stream_id)
         if st is not None:
-            if not st.paused:
-                st.since_pause = 0
             st.paused += 1
 
     def resume(self, stream_id: int) -> None:
         st = self._streams.get(stream_id)
         if st is not None and st.paused:
             st.paused -= 1
+            if not st.paused and st.held:
+                self._resumed.append(stream_id)
+
+    def has_released(self) -> bool:
+        """Whether a resumed stream still holds messages for ``next_released``."""
+        return bool(self._resumed)
+
+    def next_released(self) -> Message | None:
+        """The next message held by a resumed stream that is not paused again, or None.
+
+        The caller passes it on as if it had just arrived, then asks again: one at a
+        time, so the backpressure it causes can pause the stream before the next one.
+        """
+        resumed = self._resumed
+        while resumed:
+            st = self._streams.get(resumed[0])
+            if st is None or st.paused or not st.held:
+                resumed.pop(0)
+                continue
+            msg = st.held.popleft()
+            if isinstance(msg, Body):
+                st.held_bytes -= len(msg.data)
+                self._held_total -= len(msg.data)
+            if not st.held:
+                resumed.pop(0)
+                self._maybe_done(st)
+            return msg
+        return None
 
     def wants_read(self) -> bool:
         """Datagrams are always read (QUIC needs its ACKs); see ``pause``."""
@@ -457,5 +556,7 @@ class H3Codec:
     def release(self) -> None:
         """Drop buffers and the QUIC state once the connection is gone."""
         self._streams.clear()
+        self._backlog.clear()
+        self._held_total = 0
         self._sending.clear()
         self._h3 = None

@@ -55,6 +55,7 @@ class H3Context:
         qpack_blocked_streams: QPACK blocked streams we allow the peer.
         max_stream_data: per-stream receive window.
         max_data: per-connection receive window.
+        hold_limit: body bytes a paused stream may deliver before H3_EXCESSIVE_LOAD.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class H3Context:
         qpack_blocked_streams: int,
         max_stream_data: int,
         max_data: int,
+        hold_limit: int,
     ) -> None:
         self.fields = fields
         self.idle_timeout = idle_timeout
@@ -82,11 +84,14 @@ class H3Context:
         self.buffer_high = fields.buffer_high
         self.buffer_low = fields.buffer_high // 2
         self.buffer_limit = fields.buffer_limit
-        #: Bytes a paused stream may still deliver: qh3 grants stream credit as data
-        #: arrives, not as it is consumed, so this is where a fast uploader meets a slow
-        #: upstream (H3_EXCESSIVE_LOAD past it). The upstream's own send buffer holds
-        #: ``buffer_high`` when the pause starts and must not reach ``buffer_limit``.
-        self.paused_limit = max(fields.buffer_limit - fields.buffer_high, fields.buffer_high)
+        #: Body bytes a paused stream may deliver (held in the codec): qh3 grants stream
+        #: credit as data arrives, not as it is consumed, so this is where a fast sender
+        #: meets a slow receiver on the other side (H3_EXCESSIVE_LOAD past it).
+        self.hold_limit = hold_limit
+        #: Held bytes (all streams of a connection) past which its datagrams wait
+        #: unprocessed, and below which they are processed again (``_codec``).
+        self.hold_high = max(hold_limit // 4, 64 * 1024)
+        self.hold_low = self.hold_high // 2
 
     def server_configuration(self, cert: str, key: str) -> QuicConfiguration:
         """The QuicConfiguration of one QUIC listener (certificates loaded here).

@@ -167,7 +167,7 @@ class H3ServerCodec(H3Codec):
         if st.out_done and not st.in_done:
             # A complete answer before the request body ended: ask the client to stop
             # sending the rest, without error (RFC 9114 §4.1), and forget the stream.
-            self._streams.pop(st.sid, None)
+            self._forget(st.sid)
             self._stop_receiving(st.sid, H3_NO_ERROR)
             return
         super()._maybe_done(st)
