@@ -140,7 +140,10 @@ def test_bytes_64_mib_streams_with_bounded_memory(client: H3Client) -> None:
         expected.update(block[offset % 251 : offset % 251 + MIB])
     assert digest.hexdigest() == expected.hexdigest()
     assert response.trailer(b"x-checksum") == expected.hexdigest().encode()
-    assert peak - baseline < 32 * MIB, f"RSS grew by {(peak - baseline) / MIB:.1f} MiB"
+    # Measured: ~25 MiB, and none on a second download (qh3 keeps up to the client's
+    # 6 MiB stream window in flight on each side; the rest is allocator arenas). Holding
+    # the body anywhere would add 64 MiB.
+    assert peak - baseline < 40 * MIB, f"RSS grew by {(peak - baseline) / MIB:.1f} MiB"
 
 
 def test_bytes_trailers_and_nolength(client: H3Client) -> None:
@@ -219,19 +222,20 @@ def test_upload_slow_read_paces_the_reading(client: H3Client) -> None:
 
 def test_qh3_grants_stream_credit_as_data_arrives(origin: H3OriginHandle, certs: Certs) -> None:
     """Pins qh3 2.1.0's behaviour: MAX_STREAM_DATA follows bytes *received*, not bytes the
-    application consumed. An endpoint consuming 1 MiB/s still lets 3x qh3's stream
-    window through in well under a second; under "credit as consumed" the client would
-    stall at the window (6 MiB) for seconds. If this fails, qh3 has gained real
+    application consumed. An endpoint consuming 256 KiB/s lets 3x qh3's stream window
+    leave the client within seconds at most; under "credit as consumed" the client would
+    stall at the window (6 MiB) for 20 s. If this fails, qh3 has gained real
     backpressure, and the origin and the gateway's h3 adapter can use it."""
     size = 3 * QH3_STREAM_WINDOW
+    rate = 256 * 1024
     with H3Client("127.0.0.1", origin.port, ca_file=certs["ca"]) as h3:
-        stream_id = h3.open("POST", f"/upload-slow-read?rate={MIB}", end_stream=False)
+        stream_id = h3.open("POST", f"/upload-slow-read?rate={rate}", end_stream=False)
         began = time.monotonic()
         h3.send_data(stream_id, b"u" * size, end_stream=True)
+        # Everything has been sent (get_send_buffer_size counts bytes never sent yet).
         assert h3.wait_for(lambda: h3.quic.get_send_buffer_size(stream_id) == 0, 5.0)
-        elapsed = time.monotonic() - began
-        # The origin has consumed at most elapsed * 1 MiB/s (plus one read step).
-        assert elapsed * MIB + MIB < QH3_STREAM_WINDOW < size
+        consumed_at_most = (time.monotonic() - began) * rate + rate
+        assert consumed_at_most + QH3_STREAM_WINDOW < size
         resets = origin.resets
         h3.cancel(stream_id)
         assert h3.wait_for(lambda: origin.resets > resets, 2.0)

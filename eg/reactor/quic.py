@@ -163,16 +163,41 @@ class QuicListener:
         if conn is not None:
             self.rt.loop.guarded(conn, conn.feed, data, addr)
             return conn
-        if self.steering is None and self.workers > 1 and not handed:
-            owner = worker_of(data, self.workers)
-            if owner is not None and owner != self.rt.index:
-                shard.limit_hit("quic_handoff")
-                self.handoff(owner, self.lrt.name, data, addr)
-                return None
+        if self.workers > 1 and not handed and self._hand_off(data, addr):
+            return None
         if not data[0] & 0x80:
             shard.protocol_error("downstream", "quic_unknown_cid")
             return None
         return self._initial(data, addr)
+
+    def _hand_off(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """A datagram for no connection of ours: pass it to the worker that may own it.
+
+        Without a steering program, CIDs eg made name their worker (``worker_of``). The
+        CIDs qh3 issues itself (NEW_CONNECTION_ID, used by a migrating client) do not,
+        and only the eBPF program's map steers them; so unless that program is attached,
+        a short-header datagram for an unknown CID goes to every other worker, which
+        each look it up and drop it if it is not theirs either.
+        """
+        me = self.rt.index
+        shard = self.rt.shard
+        steering = self.steering
+        if data[0] & 0x80:
+            if steering is not None:
+                return False  # long headers carry eg's CIDs: the kernel steered them
+            owner = worker_of(data, self.workers)
+            if owner is None or owner == me:
+                return False
+            shard.limit_hit("quic_handoff")
+            self.handoff(owner, self.lrt.name, data, addr)
+            return True
+        if steering is not None and steering.mode == "ebpf":
+            return False
+        for worker in range(self.workers):
+            if worker != me:
+                shard.limit_hit("quic_handoff")
+                self.handoff(worker, self.lrt.name, data, addr)
+        return True
 
     def _initial(self, data: bytes, addr: tuple[str, int]) -> H3DownstreamConnection | None:
         shard = self.rt.shard
@@ -364,7 +389,7 @@ class H3DownstreamConnection:
         if self._handshaking and codec.handshake_done:
             self._handshaking = False
             self.listener.handshaking -= 1
-        if codec.wants_close() and not codec.closed:
+        if not codec.closed and codec.wants_close(self.rt.loop.now):
             codec.close(H3_NO_ERROR)
         send = self.listener.send
         for data, addr in codec.output(self.rt.loop.now):

@@ -170,7 +170,11 @@ def _serve(config: Config, config_path: str | None, gil: bool) -> int:
             if signum == signal.SIGHUP:
                 _reload(config_path or config.source, config, workers)
                 continue
-            return _drain(config, workers, state, admin)
+            status = _drain(config, workers, state, admin)
+            for program in steering.values():
+                if program is not None:
+                    program.close()  # the workers, and their sockets, are gone
+            return status
 
 
 def _attach_steering(config: Config, bound: dict[str, list[socket.socket]],

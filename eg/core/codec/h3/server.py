@@ -47,6 +47,10 @@ from eg.core.codec.h3._context import (
 )
 from eg.core.message import Message, ResponseHead, Side
 
+#: Longest wait, after GOAWAY and the last response, for the client to acknowledge it
+#: before CONNECTION_CLOSE (which would discard a retransmission still needed).
+CLOSE_GRACE = 2.0
+
 
 def _answered_kind(status: int) -> str:
     """The metric kind of a request answered here instead of forwarded."""
@@ -92,6 +96,8 @@ class H3ServerCodec(H3Codec):
         #: Streams from this id on are rejected (set by our GOAWAY).
         self._reject_from: int | None = None
         self._highest = -1
+        #: When the last stream ended after our GOAWAY (``wants_close``).
+        self._drained_at: float | None = None
 
     def _on_headers(self, event: HeadersReceived, msgs: list[Message]) -> None:
         sid = event.stream_id
@@ -181,9 +187,27 @@ class H3ServerCodec(H3Codec):
         self._reject_from = first_rejected
         self._h3.send_goaway(first_rejected)
 
-    def wants_close(self) -> bool:
-        """GOAWAY was sent and every accepted stream has finished."""
-        return self._goaway_sent and not self._streams
+    def wants_close(self, now: float) -> bool:
+        """GOAWAY was sent, every accepted stream has finished, and the client has
+        acknowledged everything we sent (CONNECTION_CLOSE discards what is still
+        unacknowledged) or ``CLOSE_GRACE`` has passed since the last stream ended."""
+        if not self._goaway_sent or self._streams:
+            self._drained_at = None
+            return False
+        if self._drained_at is None:
+            self._drained_at = now
+        quic = self._quic
+        core = quic._core  # qh3's native core: the only place bytes in flight are known
+        acknowledged = core is None or (not quic.get_send_buffer_size()
+                                        and not core.bytes_in_flight)
+        return acknowledged or now - self._drained_at >= CLOSE_GRACE
+
+    def deadline(self) -> float | None:
+        due = super().deadline()
+        if self._drained_at is not None and not self.closed:
+            grace = self._drained_at + CLOSE_GRACE
+            return grace if due is None else min(due, grace)
+        return due
 
     def response_started(self, stream_id: int) -> bool:
         st = self._streams.get(stream_id)
