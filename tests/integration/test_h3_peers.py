@@ -79,6 +79,8 @@ UPLOAD = random.Random(5).randbytes(MiB)
 #: Sequential new connections in the two-worker test; the kernel's reuseport hash puts
 #: them all on one worker with probability 2**-19.
 SEQUENTIAL = 20
+#: How each client reports a stream the server reset (see h3_peers).
+RESET_SEEN = re.compile(r"reset by server|stream closed with HTTP/3 error code")
 #: gtlsclient's log line of a packet from the server (whose SCID eg chose).
 _NGTCP2_SERVER_SCID = re.compile(r" pkt rx .* scid=0x([0-9a-f]+) .*type=Handshake")
 #: The first byte of a QUIC short header: worker_of reads the DCID that follows it.
@@ -231,8 +233,13 @@ back = pytest.mark.parametrize("back", sorted(BACKS))
 @back
 def test_get_carries_forwarding_headers(client: H3Client, front_gw: Gateway, certs: Path,
                                         back: str) -> None:
+    def h3_requests() -> float:
+        return front_gw.metric("eg_requests_total", listener="quic", protocol="h3")
+
+    before = h3_requests()
     response = peer_request(client, front_gw, certs, BACKS[back], "/echo")
     assert clean(response) == (200, None), response.stderr[-3000:]
+    assert h3_requests() == before + 1  # eg, too, saw it arrive over HTTP/3
     echoed = response.body.lower()
     assert echoed.startswith(b"get\n/echo\n"), echoed[:200]
     assert b"via: 1.1 eg" in echoed
@@ -280,6 +287,8 @@ def test_upstream_reset_mid_body_is_an_error(client: H3Client, front_gw: Gateway
     response = peer_request(client, front_gw, certs, BACKS[back], f"/reset-mid-body?size={size}")
     assert response.status == 200
     assert response.error is not None, "a truncated body ended like a complete one"
+    # A reset stream, not a client timeout: curl "reset by server", gtlsclient the code.
+    assert RESET_SEEN.search(response.error), response.error
     assert len(response.body) < size
     # The connection and the gateway carry on.
     again = peer_request(client, front_gw, certs, BACKS[back], "/status/204")
