@@ -34,9 +34,16 @@ if TYPE_CHECKING:
     import ssl
 
     from eg.core.codec.h3._context import QuicConfiguration
-    from eg.core.config import ClusterConfig
+    from eg.core.config import ClusterConfig, UpstreamTlsConfig
     from eg.reactor.leg import Leg, Upstream
     from eg.reactor.worker import WorkerRuntime
+
+def pool_key(cluster: str, endpoint: str) -> str:
+    """Connections are pooled per cluster and endpoint: two clusters may reach the same
+    address with different TLS settings (CA, server name, verification), and a
+    connection verified for one must never serve the other."""
+    return f"{cluster}|{endpoint}"
+
 
 class Pool:
     """Upstream connections of one worker (see the module docstring)."""
@@ -51,9 +58,21 @@ class Pool:
         #: Upstream TLS contexts of this worker, by cluster name.
         self._tls: dict[str, ssl.SSLContext] = {}
         self.rt: WorkerRuntime | None = None
+        #: (protocol, TLS settings) by cluster name, as the pooled connections use them.
+        self._settings: dict[str, tuple[str, UpstreamTlsConfig | None]] = {}
 
     def set_clusters(self, clusters: tuple[ClusterConfig, ...]) -> None:
-        """Build this worker's upstream TLS contexts (validated by the main thread)."""
+        """Build this worker's upstream TLS contexts (validated by the main thread).
+
+        On a reload, pooled connections of a cluster whose protocol or TLS settings
+        changed (or that is gone) are closed, or retired once their streams end: they
+        were opened, and verified, under the old settings.
+        """
+        settings = {c.name: (c.protocol, c.tls) for c in clusters}
+        for name, old in self._settings.items():
+            if settings.get(name) != old:
+                self._drop_cluster(name)
+        self._settings = settings
         self._tls = {
             c.name: client_tls(c.tls, alpn=ALPN_H2 if c.protocol == "h2" else ALPN_H1)
             for c in clusters if c.tls is not None and c.protocol != "h3"
@@ -89,7 +108,8 @@ class Pool:
             assert cfg.tls is not None
             server_name = cfg.tls.server_name or endpoint.host
         if cfg.protocol == "h3":
-            for h3 in self._h3.get(endpoint.key, ()):
+            key = pool_key(cfg.name, endpoint.key)
+            for h3 in self._h3.get(key, ()):
                 if h3.can_take(now):
                     rt.shard.upstream_reused(cluster.name)
                     return h3, h3.add(leg)
@@ -98,20 +118,21 @@ class Pool:
                 # One configuration per cluster; the SNI/verified name per endpoint.
                 quic = replace(quic, server_name=endpoint.host)
             h3conn = H3UpstreamConnection(rt, cluster, endpoint, self._resolve(endpoint), quic)
-            self._h3.setdefault(endpoint.key, []).append(h3conn)
+            self._h3.setdefault(key, []).append(h3conn)
             return h3conn, h3conn.add(leg)
         if cfg.protocol in ("h2", "h2c"):
-            for conn in self._h2.get(endpoint.key, ()):
+            key = pool_key(cfg.name, endpoint.key)
+            for conn in self._h2.get(key, ()):
                 if conn.can_take(now):
                     rt.shard.upstream_reused(cluster.name)
                     return conn, conn.add(leg)
             sock = self.connect(endpoint)
             h2 = H2UpstreamConnection(rt, cluster, endpoint, sock, tls=tls,
                                       server_name=server_name)
-            self._h2.setdefault(endpoint.key, []).append(h2)
+            self._h2.setdefault(key, []).append(h2)
             return h2, h2.add(leg)
         if not fresh:
-            up = self.take(endpoint, now, cfg.pool.max_age)
+            up = self.take(pool_key(cfg.name, endpoint.key), now, cfg.pool.max_age)
             if up is not None:
                 rt.shard.upstream_reused(cluster.name)
                 up.adopt(leg)
@@ -121,18 +142,18 @@ class Pool:
                                     server_name=server_name), False
 
     def forget_h2(self, conn: H2UpstreamConnection) -> None:
-        conns = self._h2.get(conn.endpoint.key)
+        conns = self._h2.get(pool_key(conn.cluster.name, conn.endpoint.key))
         if conns and conn in conns:
             conns.remove(conn)
 
     def forget_h3(self, conn: H3UpstreamConnection) -> None:
-        conns = self._h3.get(conn.endpoint.key)
+        conns = self._h3.get(pool_key(conn.cluster.name, conn.endpoint.key))
         if conns and conn in conns:
             conns.remove(conn)
 
-    def take(self, endpoint: Endpoint, now: float, max_age: float) -> H1UpstreamConnection | None:
-        """An idle, reusable connection to ``endpoint``, or None."""
-        idle = self._idle.get(endpoint.key)
+    def take(self, key: str, now: float, max_age: float) -> H1UpstreamConnection | None:
+        """An idle, reusable connection for ``key`` (``pool_key``), or None."""
+        idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
             if conn.transport.closed or now - conn.created > max_age:
@@ -143,19 +164,31 @@ class Pool:
 
     def put(self, conn: H1UpstreamConnection, max_idle: int) -> bool:
         """Keep ``conn`` for reuse; False when the per-endpoint idle limit is reached."""
-        idle = self._idle.setdefault(conn.endpoint.key, [])
+        idle = self._idle.setdefault(pool_key(conn.cluster.name, conn.endpoint.key), [])
         if len(idle) >= max_idle:
             return False
         idle.append(conn)
         return True
 
     def forget(self, conn: H1UpstreamConnection) -> None:
-        idle = self._idle.get(conn.endpoint.key)
+        idle = self._idle.get(pool_key(conn.cluster.name, conn.endpoint.key))
         if idle and conn in idle:
             idle.remove(conn)
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())
+
+    def _drop_cluster(self, name: str) -> None:
+        prefix = pool_key(name, "")
+        for key in [k for k in self._idle if k.startswith(prefix)]:
+            for conn in self._idle.pop(key):
+                conn.close()
+        for key in [k for k in self._h2 if k.startswith(prefix)]:
+            for h2 in list(self._h2[key]):
+                h2.retire()
+        for key in [k for k in self._h3 if k.startswith(prefix)]:
+            for h3 in list(self._h3[key]):
+                h3.retire()
 
     def close_all(self) -> None:
         """Close idle connections now; HTTP/2 ones after their streams (GOAWAY)."""

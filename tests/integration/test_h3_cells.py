@@ -12,6 +12,10 @@ ways runs through every cell with an HTTP/3 side, with the gateway's RSS bounded
 from __future__ import annotations
 
 import hashlib
+import socket
+import ssl
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +23,8 @@ import pytest
 
 from eg.demo.origin import pattern
 from eg.demo.origin_h2 import start_h2_origin
-from eg.demo.origin_h3 import start_h3_origin
+from eg.demo.origin_h3 import H3OriginHandle, start_h3_origin
+from tests.h2client import H2Client
 from tests.h3client import H3Client, H3Response
 from tests.helpers import OriginProcess
 from tests.integration.conftest import (
@@ -48,16 +53,21 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def backs(certs: Path) -> Iterator[tuple[int, int]]:
+def h3_origin(certs: Path) -> Iterator[H3OriginHandle]:
+    with start_h3_origin("127.0.0.1", 0, "h3", cert=str(certs / "cert.pem"),
+                         key=str(certs / "key.pem")) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def backs(certs: Path, h3_origin: H3OriginHandle) -> Iterator[tuple[int, int]]:
     """(HTTP/2-over-TLS port, HTTP/3 port) of the two TLS origins."""
-    cert, key = str(certs / "cert.pem"), str(certs / "key.pem")
-    h2 = start_h2_origin("127.0.0.1", 0, "h2", cert=cert, key=key)
-    h3 = start_h3_origin("127.0.0.1", 0, "h3", cert=cert, key=key)
+    h2 = start_h2_origin("127.0.0.1", 0, "h2", cert=str(certs / "cert.pem"),
+                         key=str(certs / "key.pem"))
     try:
-        yield h2.port, h3.port
+        yield h2.port, h3_origin.port
     finally:
         h2.stop()
-        h3.stop()
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +257,35 @@ def test_h3_client_reset_cancels_the_upstream_request(cells: Gateway, certs: Pat
         client.cancel(sid)
         again = client.request("GET", "/", authority=HOSTS[back])
         assert again.status == 200
+    assert cells.metric("eg_unhandled_exceptions_total") == 0
+
+
+@pytest.mark.parametrize("front", ["h1", "h2"])
+def test_client_abort_cancels_the_h3_upstream_stream(cells: Gateway, certs: Path,
+                                                     h3_origin: H3OriginHandle,
+                                                     front: str) -> None:
+    """A client that goes away (H1: the connection is reset; H2: RST_STREAM CANCEL)
+    cancels its HTTP/3 upstream stream: the origin sees the reset, the gateway stays
+    healthy. (An HTTP/1.1 client that only half-closes still gets its response.)"""
+    before = h3_origin.resets
+    if front == "h1":
+        with socket.create_connection(("127.0.0.1", cells.ports["http"])) as sock:
+            sock.sendall(b"GET /slow?delay=30 HTTP/1.1\r\nHost: h3.test\r\n\r\n")
+            time.sleep(0.3)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    else:
+        tls = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        tls.set_alpn_protocols(["h2"])
+        with H2Client(cells.ports["https"], tls=tls, server_name="h3.test") as client:
+            sid = client.start("/slow?delay=30", authority="h3.test")
+            client.pump(0.3)
+            client.raw.reset_stream(sid, 8)  # CANCEL
+            client.flush()
+            assert client.request("/", authority="h3.test").status == 200
+    deadline = time.monotonic() + 5.0
+    while h3_origin.resets == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h3_origin.resets > before
     assert cells.metric("eg_unhandled_exceptions_total") == 0
 
 

@@ -438,12 +438,6 @@ def test_verify_false_reaches_the_same_backend(front: str, no_verify_gw: Gateway
     no_unhandled(no_verify_gw)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "eg bug: the per-worker pool keys HTTP/3 (and HTTP/2, HTTP/1.1) upstream connections by "
-    "endpoint host:port only (Pool._h3[endpoint.key] in eg/reactor/pool.py), not by the "
-    "cluster's TLS settings, so a cluster trusting another CA reuses a QUIC connection that "
-    "another cluster (verified with its own CA, or not verified at all) opened to the same "
-    "endpoint, and its request reaches the backend unverified"))
 @pytest.mark.parametrize("first", ["caddy", "no_verify"])
 def test_clusters_do_not_share_connections_across_tls_settings(
         caddy: CaddyH3Origin, certs: Path, other_ca: Path, start_gateway: StartGateway,

@@ -420,7 +420,12 @@ class H3Codec:
         if self.closed:
             return
         st = self._streams.get(msg.stream_id)
-        if st is None or st.out_done or self._h3 is None:
+        if st is None or self._h3 is None:
+            return
+        if isinstance(msg, Reset):  # also once our side has ended: it stops theirs
+            self._abort_stream(st, h3_code(msg.code))
+            return
+        if st.out_done:
             return
         try:
             self._send(st, msg, self._h3)
@@ -445,8 +450,6 @@ class H3Codec:
                             end_stream=True)
             st.out_done = True
             self._maybe_done(st)
-        elif isinstance(msg, Reset):
-            self._abort_stream(st, h3_code(msg.code))
         else:
             self._send_head(st, msg)
 
