@@ -14,6 +14,7 @@ import concurrent.futures
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from eg.demo.origin import OriginHandle, pattern
 from eg.demo.origin_h2 import start_h2_origin
 from tests.h2client import H2Client
 from tests.integration.conftest import Gateway, StartGateway, curl, gateway_config, pattern_sha256
+from tests.integration.test_tls import make_certs
 
 MiB = 1024 * 1024
 
@@ -153,3 +155,35 @@ def test_origin_that_reads_slowly_holds_back_the_upload(start_gateway: StartGate
     # eg's per-stream buffer (well under 1 MiB) hold.
     assert took > 2.5, took
     assert gw.rss() - before < 16 * MiB
+
+
+def test_clusters_with_other_tls_settings_never_share_a_connection(
+        tmp_path: Path, start_gateway: StartGateway) -> None:
+    """Two clusters reach one TLS origin; only one trusts its CA. The other must fail
+    verification every time, also once the first has a pooled connection open (the
+    pools are per cluster; HTTP/3 has the same test with Caddy in test_h3_peers.py)."""
+    good = make_certs(tmp_path / "good")
+    other = make_certs(tmp_path / "other")
+    origin = start_h2_origin("127.0.0.1", 0, "tls", cert=str(good / "cert.pem"),
+                             key=str(good / "key.pem"))
+    try:
+        endpoint = f"127.0.0.1:{origin.port}"
+        proto = "h2"
+        doc = gateway_config([], workers=1, clusters=[
+            {"name": "trusted", "protocol": proto, "endpoints": [endpoint],
+             "tls": {"ca_file": str(good / "ca.pem"), "server_name": "localhost"}},
+            {"name": "wrong_ca", "protocol": proto, "endpoints": [endpoint],
+             "tls": {"ca_file": str(other / "ca.pem"), "server_name": "localhost"}},
+        ], routes=[{"host": "wrong.test", "cluster": "wrong_ca"},
+                   {"host": "*", "cluster": "trusted"}])
+        doc["clusters"] = [c for c in doc["clusters"] if c["name"] != "origin"]
+        gw = start_gateway(doc)
+        url = f"http://127.0.0.1:{gw.port}/"
+        for _ in range(2):
+            ok = curl("-o", "/dev/null", "-w", "%{http_code}", url)
+            refused = curl("-sD", "-", "-o", "/dev/null", "-H", "Host: wrong.test", url)
+            assert ok.stdout == b"200"
+            assert refused.stdout.startswith(b"HTTP/1.1 502"), refused.stdout
+            assert b"x-eg-error: tls_verify" in refused.stdout.lower()
+    finally:
+        origin.stop()
