@@ -54,6 +54,7 @@ import socket
 import ssl
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -179,6 +180,8 @@ class Stats:
     bytes_total: int = 0
     bytes_headers: int = 0
     bytes_data: int = 0
+    datagrams_rx: int = 0
+    datagrams_tx: int = 0
     connects: int = 0
     connect_failures: int = 0
     goaways: int = 0
@@ -278,7 +281,9 @@ class Conn:
             nbytes += len(data)
         if not batch:
             return
-        self.client.stats.bytes_total += nbytes
+        stats = self.client.stats
+        stats.bytes_total += nbytes
+        stats.datagrams_rx += len(batch)
         self.last_rx = now
         quic.receive_many_datagrams(batch, self.client.addr, now)
         self.events(now)
@@ -477,7 +482,9 @@ class Conn:
         if quic is None or sock is None:
             return
         send = sock.send
-        for data, _addr in quic.datagrams_to_send(now):
+        out = quic.datagrams_to_send(now)
+        self.client.stats.datagrams_tx += len(out)
+        for data, _addr in out:
             try:
                 send(data)
             except (BlockingIOError, InterruptedError):
@@ -642,36 +649,33 @@ def _read_child(data: bytes) -> tuple[dict[str, Any], array.array[int], array.ar
 
 
 def run(opts: Options, processes: int) -> dict[str, Any]:
-    """Run the load (``processes`` forked clients, or this process for one)."""
+    """Run the load in ``processes`` forked client processes (a single one too: the
+    parent only collects, so its own start-up never shares the measured window)."""
     conns = _split(opts.connections, processes)
     budgets = _split(opts.requests, processes) if opts.requests else [-1] * processes
     heads: list[dict[str, Any]] = []
     lats: list[array.array[int]] = []
     cons: list[array.array[int]] = []
     t0 = time.perf_counter()
-    if processes == 1:
+    children: list[tuple[int, int]] = []
+    for i in range(processes):
         rfd, wfd = os.pipe()
-        # One process: run here, through the same pipe format (the reader drains it).
         pid = os.fork()
-        if pid == 0:  # pragma: no cover (child)
-            os.close(rfd)
-            _child(opts, conns[0], budgets[0], wfd)
-            os._exit(0)
-        os.close(wfd)
-        children = [(pid, rfd)]
-    else:
-        children = []
-        for i in range(processes):
-            rfd, wfd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover (child)
+        if pid == 0:  # pragma: no cover (child): never returns into the parent's code
+            status = 0
+            try:
                 os.close(rfd)
                 for _, other in children:
                     os.close(other)
                 _child(opts, conns[i], budgets[i], wfd)
-                os._exit(0)
-            os.close(wfd)
-            children.append((pid, rfd))
+            except BaseException:
+                traceback.print_exc()
+                status = 1
+            finally:
+                sys.stderr.flush()
+                os._exit(status)
+        os.close(wfd)
+        children.append((pid, rfd))
     try:
         for pid, rfd in children:
             with os.fdopen(rfd, "rb") as f:
@@ -777,6 +781,10 @@ def summarize(result: dict[str, Any], opts: Options) -> tuple[str, dict[str, Any
     if lat:
         lines.append("latency percentiles: " + ", ".join(
             f"{p} {_fmt_us(v)}" for p, v in pct.items() if v is not None))
+    if st.done:
+        lines.append(f"datagrams: {st.datagrams_rx} received, {st.datagrams_tx} sent "
+                     f"({st.datagrams_rx / st.done:.2f} and {st.datagrams_tx / st.done:.2f} "
+                     "per request)")
     lines.append(f"connections: {st.connects} established, {st.connect_failures} failed, "
                  f"{st.goaways} GOAWAY, {st.retried} requests retried; client CPU "
                  f"{st.cpu:.2f}s over {result['processes']} process"
@@ -797,6 +805,7 @@ def summarize(result: dict[str, Any], opts: Options) -> tuple[str, dict[str, Any
                                                      "lat_stdev")))},
         "connect_us": con, "connects": st.connects, "connect_failures": st.connect_failures,
         "goaways": st.goaways, "client_cpu_s": st.cpu, "processes": result["processes"],
+        "datagrams": {"rx": st.datagrams_rx, "tx": st.datagrams_tx},
         "connections": opts.connections, "streams": opts.streams,
         "errors": result["errors"],
     }

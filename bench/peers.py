@@ -360,7 +360,7 @@ def version_of(key: str) -> str:
         "h2load": [exe, "--version"], "mitmproxy": [exe, "--version"],
         "proxypy": [exe, "--version"], "caddy": [exe, "version"],
         "traefik": [exe, "version"],
-        "h3load": [exe, "-c", "import qh3, sys; print('h3load: qh3', qh3.__version__, "
+        "h3load": [exe, "-c", "import qh3, sys; print('qh3', qh3.__version__, "
                               "'on Python', sys.version.split()[0])"],
         "charts": [exe, "-c", "import matplotlib, sys; print('matplotlib', matplotlib.__version__,"
                               " 'on Python', sys.version.split()[0])"],

@@ -220,9 +220,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Proxy CPU: {meth['cpu']}, divided by completed requests. Peak RSS: "
         f"{meth['rss']}.",
         "- Errors: wrk socket errors (connect, read, write, timeout) + 4xx/5xx responses; "
-        "h2load: errored streams (reset, refused, abandoned; timeouts included) + responses "
-        f"outside 2xx. A cell with any, or with no completed request, is flagged {FLAG} "
-        "(its req/s and every ratio involving it).",
+        "h2load and h3load: errored streams (reset, refused, abandoned, connection lost; "
+        "timeouts included) + responses outside 2xx. A cell with any, or with no completed "
+        f"request, is flagged {FLAG} (its req/s and every ratio involving it).",
         "- HTTP/2 cells: every h2 front speaks h2c (prior knowledge) and proxies over "
         "HTTP/1.1 to the same origin, except eg's \"h2c upstream\" subjects (an h2c cluster "
         "to the origin's h2c port); \"no proxy\" is h2load straight to that port.",
