@@ -59,6 +59,7 @@ class H3UpstreamConnection:
         self._congested: set[int] = set()
         self._error: EgError | None = None
         self._releasing = False
+        self._transmit_due = False
         now = rt.loop.now
         self.created = now
         self._idle_since = now
@@ -190,7 +191,18 @@ class H3UpstreamConnection:
     # -- output and backpressure ------------------------------------------------------------
 
     def flush(self) -> None:
+        """Report send-buffer watermarks now; have the codec's datagrams sent at the end
+        of this loop turn (once, however many legs wrote to it meanwhile)."""
+        if self.closed:
+            return
+        self._take_watermarks()
+        if not self._transmit_due:
+            self._transmit_due = True
+            self.rt.loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
         """Send the codec's datagrams, report watermarks, re-arm the timer."""
+        self._transmit_due = False
         if self.closed:
             return
         codec = self.codec
@@ -207,7 +219,11 @@ class H3UpstreamConnection:
                 self.rt.shard.limit_hit("quic_send_dropped")
             except OSError:
                 pass  # ECONNREFUSED from an earlier datagram: the next recv reports it
-        for sid, congested in codec.take_watermarks():
+        self._take_watermarks()
+        self._arm()
+
+    def _take_watermarks(self) -> None:
+        for sid, congested in self.codec.take_watermarks():
             if congested:
                 self._congested.add(sid)
             else:
@@ -216,7 +232,6 @@ class H3UpstreamConnection:
             if leg is not None:
                 leg.exchange.upstream_congested(congested)
                 self.rt.loop.call_soon(leg.down.pump)
-        self._arm()
 
     def _release(self) -> None:
         """Deliver held response messages one by one until their stream pauses again,
@@ -270,7 +285,7 @@ class H3UpstreamConnection:
             return
         self.retired = True
         self.codec.close(H3_NO_ERROR)
-        self.flush()
+        self._transmit()  # the CONNECTION_CLOSE, before the socket goes
         self._teardown()
 
     def abort(self) -> None:

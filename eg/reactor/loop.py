@@ -150,7 +150,11 @@ class Loop:
             self._guard(owner, exc)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` after the current batch of events (outside any handler)."""
+        """Run ``callback`` after the current batch of events (outside any handler).
+
+        Like handlers and timers it runs under the per-connection guard: pass a bound
+        method of the connection it works for, whose ``on_crash`` then closes it.
+        """
         self._soon.append(callback)
 
     def _push(self, deadline: float, timer: Timer) -> None:
@@ -203,7 +207,11 @@ class Loop:
         while self._soon:
             soon, self._soon = self._soon, []
             for callback in soon:
-                callback()
+                try:
+                    callback()
+                except Exception as exc:  # the per-connection guard (see worker.py)
+                    # A deferred call is a bound method of the connection it is for.
+                    guard(getattr(callback, "__self__", _NOBODY), exc)
         for hook in self.after:
             hook()
 

@@ -135,7 +135,10 @@ class QuicListener:
     # -- receiving ------------------------------------------------------------------------------
 
     def on_events(self, mask: int) -> None:
-        touched: dict[H3DownstreamConnection, None] = {}
+        """Read a batch; datagrams of one connection are fed together, then each
+        connection touched is pumped once (its transmit happens once per loop turn)."""
+        batches: dict[H3DownstreamConnection, list[tuple[bytes, tuple[str, int]]]] = {}
+        conns = self.conns
         recv = self.sock.recvfrom
         for _ in range(RECV_BATCH):
             try:
@@ -144,11 +147,22 @@ class QuicListener:
                 break
             except OSError:  # e.g. an ICMP error queued on the socket
                 continue
-            conn = self.datagram(data, addr, handed=False)
+            dcid = dcid_of(data)
+            conn = conns.get(dcid) if dcid is not None else None
             if conn is not None:
-                touched[conn] = None
+                batch = batches.get(conn)
+                if batch is None:
+                    batches[conn] = [(data, addr)]
+                else:
+                    batch.append((data, addr))
+                continue
+            conn = self.datagram(data, addr, handed=False)
+            if conn is not None and conn not in batches:
+                batches[conn] = []
         guarded = self.rt.loop.guarded
-        for conn in touched:
+        for conn, batch in batches.items():
+            if batch:
+                guarded(conn, conn.feed_batch, batch)
             guarded(conn, conn.pump)
 
     def datagram(self, data: bytes, addr: tuple[str, int], *, handed: bool,
@@ -328,6 +342,8 @@ class H3DownstreamConnection:
         self._congested: set[int] = set()
         self.cids: list[bytes] = []
         self.closed = False
+        #: A transmit is scheduled for the end of this loop turn.
+        self._transmit_due = False
         self._handshaking = True
         listener.handshaking += 1
         self.timer = rt.loop.timer(self._on_timer, self)
@@ -345,6 +361,19 @@ class H3DownstreamConnection:
         """One datagram; the listener pumps once per receive batch."""
         if not self.closed:
             self._dispatch(self.codec.feed(data, addr, self.rt.loop.now))
+
+    def feed_batch(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Datagrams of one receive batch, in order, a run per source address."""
+        now = self.rt.loop.now
+        codec = self.codec
+        start = 0
+        while start < len(batch) and not self.closed:
+            addr = batch[start][1]
+            end = start + 1
+            while end < len(batch) and batch[end][1] == addr:
+                end += 1
+            self._dispatch(codec.feed_batch([d for d, _ in batch[start:end]], addr, now))
+            start = end
 
     def _dispatch(self, msgs: list[Message]) -> None:
         self._count_refusals()
@@ -379,13 +408,23 @@ class H3DownstreamConnection:
     # -- the pump -------------------------------------------------------------------------------
 
     def pump(self, leg: Leg | None = None) -> None:
-        """Settle ``leg`` (if given), then send the codec's datagrams and re-arm its timer."""
+        """Settle ``leg`` (if given); the codec's datagrams go out once per loop turn."""
         if self.closed:
             return
         if leg is not None:
             self._settle(leg)
-        codec = self.codec
+        self._take_watermarks()
+        if not self._transmit_due:
+            self._transmit_due = True
+            self.rt.loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        """Pass on what was held, send the codec's datagrams, re-arm its timer."""
+        self._transmit_due = False
+        if self.closed:
+            return
         self._unhold()
+        codec = self.codec
         if self._handshaking and codec.handshake_done:
             self._handshaking = False
             self.listener.handshaking -= 1
@@ -397,7 +436,20 @@ class H3DownstreamConnection:
         issued, retired = codec.take_cids()
         if issued or retired:
             self.listener.update_cids(self, issued, retired)
-        for sid, congested in codec.take_watermarks():
+        self._take_watermarks()
+        if codec.closed:
+            self._finish()
+            return
+        due = codec.deadline()
+        if due is None:
+            self.timer.cancel()
+        else:
+            self.timer.arm(due)
+
+    def _take_watermarks(self) -> None:
+        """Response bytes queued for the client crossed a watermark: pause or resume
+        the upstream side of that exchange."""
+        for sid, congested in self.codec.take_watermarks():
             if congested:
                 self._congested.add(sid)
             else:
@@ -408,14 +460,6 @@ class H3DownstreamConnection:
                 up = found.upstream
                 if up is not None:
                     up.flush()
-        if codec.closed:
-            self._finish()
-            return
-        due = codec.deadline()
-        if due is None:
-            self.timer.cancel()
-        else:
-            self.timer.arm(due)
 
     def _unhold(self) -> None:
         """Pass on what the codec held while upstreams were congested, then the

@@ -52,11 +52,27 @@ from collections.abc import Callable
 from typing import Any
 
 from h2.exceptions import ProtocolError as FieldError
-from qh3._hazmat import QpackDecoder, encode_uint_var
-from qh3.h3.connection import FrameType, H3Connection, encode_frame
+from qh3._hazmat import (
+    DecoderStreamError,
+    DecompressionFailed,
+    EncoderStreamError,
+    HeaderTooLarge,
+    QpackDecoder,
+    encode_uint_var,
+)
+from qh3.h3.connection import (
+    FieldSectionTooLarge,
+    FrameType,
+    H3Connection,
+    QpackDecompressionFailed,
+    QpackEncoderStreamError,
+    encode_frame,
+)
+from qh3.h3.connection import ProtocolError as H3ProtocolError
 from qh3.h3.events import (
     DataReceived,
     GoawayReceived,
+    Headers,
     HeadersReceived,
     InformationalHeadersReceived,
 )
@@ -74,6 +90,7 @@ from eg.core.codec.h2._convert import trailer_block, trailer_fields
 from eg.core.codec.h2._fields import TRAILERS, check_block
 from eg.core.codec.h3._context import (
     H3_EXCESSIVE_LOAD,
+    H3_INTERNAL_ERROR,
     H3_MESSAGE_ERROR,
     H3_NO_ERROR,
     H3Context,
@@ -90,6 +107,40 @@ BACKLOG = 1024
 #: An event handler: an unbound method, so the dispatch dict holds no reference back to
 #: its codec (a cycle would keep a closed connection's buffers until a GC pass).
 type Handler = Callable[[Any, Any, list[Message]], None]
+
+
+class EgQuicConnection(QuicConnection):
+    """qh3's ``QuicConnection`` without its per-datagram Python work on the hot path.
+
+    qh3 2.1 runs QUIC in a native core behind a Python facade. The facade parses the
+    header of every packet it sends and receives again in Python, for a logger eg never
+    sets. Once the handshake is over, datagrams go straight to the core in one call per
+    batch (qh3's own ``receive_many_datagrams`` path), and transmits are taken from the
+    core directly.
+    """
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        core = self._core
+        if core is None:
+            return []
+        out: list[tuple[bytes, Any]] = []
+        poll = core.poll_transmit
+        while True:
+            try:
+                transmit = poll(now)
+            except RuntimeError as exc:
+                raise QuicConnectionError(0x1, None, str(exc)) from exc
+            if transmit is None:
+                return out
+            out.append((transmit[0], transmit[1]))
+
+    def receive_batch(self, datagrams: list[bytes], addr: Any, now: float) -> None:
+        """Datagrams from one address: one native call once the handshake is done."""
+        if self._handshake_complete and self._core is not None:
+            self.receive_many_datagrams(datagrams, addr, now)
+        else:
+            for data in datagrams:
+                self.receive_datagram(data, addr, now)
 
 
 class EgH3Connection(H3Connection):
@@ -114,6 +165,44 @@ class EgH3Connection(H3Connection):
         self._decoder = QpackDecoder(self._max_table_capacity, self._blocked_streams,
                                      max_field_section_size=ctx.max_field_section_size)
         super()._init_connection()
+
+    def _encode_headers(self, stream_id: int, headers: Headers) -> bytes:
+        """qh3's, minus the empty write to the QPACK encoder stream that every header
+        block makes when there is no dynamic table (one native call saved per block)."""
+        try:
+            encoder, frame_data = self._encoder.encode(stream_id, headers)
+        except EncoderStreamError as exc:
+            raise QpackEncoderStreamError() from exc
+        if encoder:
+            self._encoder_bytes_sent += len(encoder)
+            control = self._local_encoder_stream_id
+            assert control is not None
+            self._quic.send_stream_data(control, encoder)
+        return frame_data
+
+    def _decode_headers(self, stream_id: int, frame_data: bytes | None, *, offset: int = 0,
+                        length: int | None = None) -> Headers:
+        """qh3's, minus the empty write to the QPACK decoder stream after each block."""
+        try:
+            if frame_data is None:
+                pending = self._blocked_stream_map[stream_id]._pending  # type: ignore[attr-defined]
+                del self._blocked_stream_map[stream_id]._pending  # type: ignore[attr-defined]
+                decoder, headers = pending
+            else:
+                if not frame_data or length == 0:
+                    raise DecompressionFailed()
+                decoder, headers = self._decoder.feed_header(
+                    stream_id, frame_data, offset=offset, length=length)
+            if decoder:
+                self._decoder_bytes_sent += len(decoder)
+                control = self._local_decoder_stream_id
+                assert control is not None
+                self._quic.send_stream_data(control, decoder)
+        except (DecompressionFailed, DecoderStreamError) as exc:
+            raise QpackDecompressionFailed() from exc
+        except HeaderTooLarge as exc:
+            raise FieldSectionTooLarge(str(exc)) from exc
+        return headers  # type: ignore[no-any-return]
 
     def send_goaway(self, stream_id: int) -> None:
         """GOAWAY on our control stream (RFC 9114 §5.2); qh3 has no sender for it."""
@@ -157,7 +246,7 @@ class _Stream:
 class H3Codec:
     """The shared half of the HTTP/3 adapters (see the module docstring)."""
 
-    def __init__(self, ctx: H3Context, quic: QuicConnection, *, side: Side) -> None:
+    def __init__(self, ctx: H3Context, quic: EgQuicConnection, *, side: Side) -> None:
         self._ctx = ctx
         self._quic = quic
         self._side = side
@@ -206,20 +295,29 @@ class H3Codec:
         msgs: list[Message] = []
         if self.closed:
             return msgs
+        return self.feed_batch([data], addr, now)
+
+    def feed_batch(self, datagrams: list[bytes], addr: tuple[str, int], now: float,
+                   ) -> list[Message]:
+        """Datagrams from one address, in order (one receive batch of the reactor)."""
+        msgs: list[Message] = []
+        if self.closed:
+            return msgs
         backlog = self._backlog
         if backlog or self._held_total > self._ctx.hold_high:
-            if len(backlog) < BACKLOG:
-                backlog.append((data, addr))
-            else:
-                self.dropped += 1  # the peer sees a loss, retransmits and slows down
+            for data in datagrams:
+                if len(backlog) < BACKLOG:
+                    backlog.append((data, addr))
+                else:
+                    self.dropped += 1  # the peer sees a loss, retransmits, slows down
             return msgs
-        self._receive(data, addr, now)
+        self._receive(datagrams, addr, now)
         self._drain(msgs)
         return msgs
 
-    def _receive(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+    def _receive(self, datagrams: list[bytes], addr: tuple[str, int], now: float) -> None:
         try:
-            self._quic.receive_datagram(data, addr, now)
+            self._quic.receive_batch(datagrams, addr, now)
         except QuicConnectionError as exc:
             self._quic.close(error_code=exc.error_code, reason_phrase=exc.reason_phrase)
 
@@ -234,7 +332,7 @@ class H3Codec:
         low = self._ctx.hold_low
         while backlog and self._held_total <= low and not self.closed:
             data, addr = backlog.popleft()
-            self._receive(data, addr, now)
+            self._receive([data], addr, now)
             self._drain(msgs)
         return msgs
 
@@ -412,7 +510,7 @@ class H3Codec:
 
         A connection qh3 has already closed (the peer's CONNECTION_CLOSE, reported as an
         event a moment later) takes nothing: the message is dropped, and the event then
-        resets every open stream.
+        resets every open stream. A stream that can take no more frames is dropped.
 
         Raises:
             LimitExceeded: the stream's send buffer passed ``buffer_limit`` (reset).
@@ -430,7 +528,11 @@ class H3Codec:
         try:
             self._send(st, msg, self._h3)
         except QuicConnectionError:
-            return
+            return  # the connection is already closed
+        except H3ProtocolError:
+            # The stream cannot take this frame any more (its HEADERS never went out
+            # because the connection was closing): it is over.
+            self._abort_stream(st, H3_INTERNAL_ERROR)
 
     def _send(self, st: _Stream, msg: Message, h3: EgH3Connection) -> None:
         if isinstance(msg, Body):
@@ -441,10 +543,16 @@ class H3Codec:
             if end:
                 st.out_done = True
                 self._maybe_done(st)
-            elif self._quic.get_send_buffer_size(st.sid) > self._ctx.buffer_limit:
-                self._abort_stream(st, H3_EXCESSIVE_LOAD)
-                raise LimitExceeded("HTTP/3 send buffer over its limit", side=self._side,
-                                    kind="send_buffer")
+            else:
+                size = self._quic.get_send_buffer_size(st.sid)
+                if size > self._ctx.buffer_limit:
+                    self._abort_stream(st, H3_EXCESSIVE_LOAD)
+                    raise LimitExceeded("HTTP/3 send buffer over its limit", side=self._side,
+                                        kind="send_buffer")
+                if not st.congested and size >= self._ctx.buffer_high:
+                    # Reported at once: the caller may go on sending before any output.
+                    st.congested = True
+                    self._watermarks.append((st.sid, True))
         elif isinstance(msg, Trailers):
             h3.send_headers(st.sid, trailer_block(self._ctx.fields, msg.headers),
                             end_stream=True)

@@ -20,11 +20,10 @@ from __future__ import annotations
 from h2.exceptions import ProtocolError as FieldError
 from qh3.h3.events import GoawayReceived, HeadersReceived, InformationalHeadersReceived
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection
 
 from eg.core.codec.h2._convert import request_fields, response_head
 from eg.core.codec.h2._fields import RESPONSE, check_block
-from eg.core.codec.h3._codec import H3Codec, _Stream
+from eg.core.codec.h3._codec import EgQuicConnection, H3Codec, _Stream
 from eg.core.codec.h3._context import CRYPTO_CERT_ALERTS, H3_REQUEST_CANCELLED, H3Context
 from eg.core.message import Message, RequestHead, Reset, ResetCode, Side
 
@@ -43,7 +42,7 @@ class H3ClientCodec(H3Codec):
         self, ctx: H3Context, configuration: QuicConfiguration, addr: tuple[str, int],
         now: float,
     ) -> None:
-        quic = QuicConnection(configuration=configuration)
+        quic = EgQuicConnection(configuration=configuration)
         super().__init__(ctx, quic, side=Side.UPSTREAM)
         quic.connect(addr, now)
         self.requests = 0

@@ -36,11 +36,11 @@ import contextlib
 from h2.exceptions import ProtocolError as FieldError
 from qh3.h3.events import HeadersReceived
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.connection import QuicConnectionError
 
 from eg.core.codec.h2._convert import MALFORMED, request_head, response_fields
 from eg.core.codec.h2._fields import REQUEST, check_block
-from eg.core.codec.h3._codec import H3Codec, _Stream
+from eg.core.codec.h3._codec import EgQuicConnection, H3Codec, _Stream
 from eg.core.codec.h3._context import (
     H3_MESSAGE_ERROR,
     H3_NO_ERROR,
@@ -87,7 +87,7 @@ class H3ServerCodec(H3Codec):
         host_cid: bytes,
         retry_cid: bytes | None = None,
     ) -> None:
-        quic = QuicConnection(configuration=configuration,
+        quic = EgQuicConnection(configuration=configuration,
                               original_destination_connection_id=odcid,
                               retry_source_connection_id=retry_cid)
         quic.host_cid = host_cid
