@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     Gateway,
     RssSampler,
     StartGateway,
+    curl,
     gateway_config,
     pattern_chunks,
     pattern_sha256,
@@ -253,3 +254,31 @@ def test_sigterm_drains_with_goaway(origins: OriginProcess, certs: Path,
         assert c.goaway_id is not None
     assert gw.proc.wait(15) == 0
 
+
+
+# -- the HTTP/3 upstream pool ----------------------------------------------------------
+
+
+def test_upstream_goaway_and_idle_timeout_reconnect(certs: Path,
+                                                    start_gateway: StartGateway) -> None:
+    """An HTTP/3 backend that sends GOAWAY every 3 requests, and one whose connections
+    idle out, never fail a request: eg retires the connection and opens another."""
+    cert, key = str(certs / "cert.pem"), str(certs / "key.pem")
+    with start_h3_origin("127.0.0.1", 0, "recycling", cert=cert, key=key,
+                         max_requests_per_connection=3) as backend:
+        doc = gateway_config([], workers=1, clusters=[{
+            "name": "h3", "protocol": "h3", "endpoints": [f"127.0.0.1:{backend.port}"],
+            "tls": {"ca_file": str(certs / "ca.pem"), "server_name": "localhost"},
+            "pool": {"idle_timeout": 0.5}}], routes=[{"host": "*", "cluster": "h3"}])
+        doc["clusters"] = [c for c in doc["clusters"] if c["name"] != "origin"]
+        gw = start_gateway(doc)
+        url = f"http://127.0.0.1:{gw.port}/echo"
+        statuses = [curl("-o", "/dev/null", "-w", "%{http_code}", url).stdout
+                    for _ in range(20)]
+        assert statuses == [b"200"] * 20
+        assert backend.connections >= 7  # 3 requests per connection at most
+        before = backend.connections
+        time.sleep(1.0)  # past the pool's idle timeout: the connection is closed
+        assert curl("-o", "/dev/null", "-w", "%{http_code}", url).stdout == b"200"
+        assert backend.connections == before + 1
+    assert gw.metric("eg_unhandled_exceptions_total") == 0
