@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING
 
 from eg.core.codec.h2.client import H2ClientCodec
 from eg.core.codec.h2.server import H2ServerCodec
-from eg.core.errors import Closed, ConnectError, EgError, LimitExceeded, Retry, Timeout
-from eg.core.message import RequestHead, Reset, ResetCode, Side
+from eg.core.errors import ConnectError, EgError, LimitExceeded, Retry, Timeout
+from eg.core.message import RequestHead, Side
 from eg.core.proxy.balance import ClusterState, Endpoint
 from eg.reactor.h1 import connection_error
 from eg.reactor.leg import Leg, record_exchange, start_exchange
+from eg.reactor.multiplex import MultiplexedUpstream
 from eg.reactor.stream import Transport
 from eg.reactor.tls import TlsTransport, upstream_transport
 
@@ -290,10 +291,8 @@ class H2DownstreamConnection:
         self.pump()
 
 
-class H2UpstreamConnection:
+class H2UpstreamConnection(MultiplexedUpstream):
     """One HTTP/2 connection to an endpoint, shared by many legs (module docstring)."""
-
-    multiplexed = True
 
     def __init__(
         self,
@@ -327,53 +326,20 @@ class H2UpstreamConnection:
         rt.shard.upstream_conn_opened(cluster.name)
         self.timer.arm(now + rt.config.timeouts.connect)
 
-    # -- leasing ------------------------------------------------------------------------------
+    # -- what MultiplexedUpstream needs ------------------------------------------------------
 
-    def can_take(self, now: float) -> bool:
-        """Whether another leg may use this connection now."""
-        if self.retired or self.transport.closed:
-            return False
-        if now - self.created > self.cluster.config.pool.max_age:
-            self.retire()
-            return False
-        if not self.connected:
-            return len(self.waiting) < self.rt.h2.max_concurrent_streams
-        return self.codec.can_open()
+    @property
+    def gone(self) -> bool:
+        return self.transport.closed
 
-    def add(self, leg: Leg) -> bool:
-        """Take ``leg``: True when it can open its stream now, else it waits."""
-        if self.connected:
-            return True
-        self.waiting.append(leg)
-        return False
+    def _stream_limit(self) -> H2ClientCodec:
+        return self.codec
 
-    def bind(self, leg: Leg) -> None:
-        """``leg`` opened its stream (``Exchange.attach``)."""
-        self.legs[leg.exchange.up_sid] = leg
-
-    def release_leg(self, leg: Leg) -> None:
-        sid = leg.exchange.up_sid
-        if self.legs.get(sid) is leg:
-            del self.legs[sid]
-            self._congested.discard(sid)
-        elif leg in self.waiting:
-            self.waiting.remove(leg)
-        if self.transport.closed:
-            return
-        self.flush()
-        if not self.legs and not self.waiting:
-            self._idle_since = self.rt.loop.now
-            if self.retired or self.codec.wants_close():
-                self.close()
-                return
-        self._arm()
-
-    def retire(self) -> None:
-        """Take no more legs; close once the streams in flight are done."""
-        self.retired = True
+    def _forget(self) -> None:
         self.rt.pool.forget_h2(self)
-        if not self.legs and not self.waiting and not self.transport.closed:
-            self.close()
+
+    def _wants_close(self) -> bool:
+        return self.codec.wants_close()
 
     # -- transport events -------------------------------------------------------------------
 
@@ -387,23 +353,6 @@ class H2UpstreamConnection:
             return
         self.cluster.report_success(self.endpoint)
         self.flush()  # the connection preface; legs wait for the upstream's SETTINGS
-
-    def _settings_arrived(self) -> None:
-        """The upstream's SETTINGS are in: its stream limit is known, so the legs that
-        waited open streams up to it (until then it is unknown, and opening them all
-        could exceed it); the rest go elsewhere, as if refused (never sent)."""
-        self.connected = True
-        waiting = self.waiting
-        self.waiting = []
-        for leg in waiting:
-            if leg.upstream is not self:
-                continue
-            if self.codec.can_open():
-                leg.upstream_ready(self)
-            else:
-                leg.upstream_failed(self, Closed(
-                    f"upstream {self.endpoint.key} stream limit reached", side=Side.UPSTREAM,
-                    status_hint=502, retry=Retry.YES, kind="h2_refused"), stale=True)
 
     def data_received(self, data: bytes) -> None:
         codec = self.codec
@@ -420,24 +369,8 @@ class H2UpstreamConnection:
             return
         self._count_refusals()
         if not self.connected and codec.settings_received:
-            self._settings_arrived()
-        legs = self.legs
-        touched: list[Leg] = []
-        for msg in msgs:
-            leg = legs.get(msg.stream_id)
-            if leg is None:
-                continue
-            touched.append(leg)
-            if isinstance(msg, Reset) and msg.code == ResetCode.REFUSED_STREAM and \
-                    not leg.exchange.response_started:
-                # Never processed upstream (GOAWAY or its stream limit): retry elsewhere.
-                del legs[msg.stream_id]
-                leg.upstream_failed(self, Closed(
-                    f"upstream {self.endpoint.key} refused the stream", side=Side.UPSTREAM,
-                    status_hint=502, retry=Retry.YES, kind="h2_refused"), stale=True,
-                    pump=False)
-                continue
-            leg.deliver(msg)
+            self._open_waiting()  # the upstream's stream limit is known now
+        touched = self._deliver(msgs)
         if codec.goaway_received is not None:
             self.retire()
         self._take_watermarks()
@@ -463,14 +396,8 @@ class H2UpstreamConnection:
         rt.pool.forget_h2(self)
         self.retired = True
         err = self._error or connection_error(self.endpoint, exc, False)
-        legs = list(self.legs.values()) + self.waiting
-        self.legs = {}
-        self.waiting = []
         self.codec.release()
-        for leg in legs:
-            stale = not leg.exchange.response_started and not isinstance(err, Timeout) and \
-                err.kind not in ("tls_verify", "tls", "alpn")
-            leg.upstream_failed(self, err, stale=stale)
+        self._fail_legs(err)
 
     def on_write_high(self) -> None:
         self.rt.shard.paused("upstream_send")

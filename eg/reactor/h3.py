@@ -23,21 +23,20 @@ from typing import TYPE_CHECKING
 from eg.core.codec.h3._context import H3_NO_ERROR
 from eg.core.codec.h3.client import H3ClientCodec
 from eg.core.errors import Closed, ConnectError, EgError, Retry, Timeout
-from eg.core.message import Reset, ResetCode, Side
+from eg.core.message import Message, Side
 from eg.core.proxy.balance import ClusterState, Endpoint
-from eg.reactor.leg import Leg
 from eg.reactor.loop import EPOLLIN
+from eg.reactor.multiplex import MultiplexedUpstream
 from eg.reactor.quic import RECV_BATCH, RECV_SIZE
 
 if TYPE_CHECKING:
     from eg.core.codec.h3._context import QuicConfiguration
+    from eg.reactor.leg import Leg
     from eg.reactor.worker import WorkerRuntime
 
 
-class H3UpstreamConnection:
+class H3UpstreamConnection(MultiplexedUpstream):
     """One HTTP/3 connection to an endpoint, shared by many legs (module docstring)."""
-
-    multiplexed = True
 
     def __init__(
         self,
@@ -78,48 +77,20 @@ class H3UpstreamConnection:
         rt.shard.upstream_conn_opened(cluster.name)
         self.flush()
 
-    # -- leasing ----------------------------------------------------------------------------
+    # -- what MultiplexedUpstream needs ------------------------------------------------------
 
-    def can_take(self, now: float) -> bool:
-        if self.retired or self.closed:
-            return False
-        if now - self.created > self.cluster.config.pool.max_age:
-            self.retire()
-            return False
-        if not self.connected:
-            return len(self.waiting) < self.rt.h2.max_concurrent_streams
-        return self.codec.can_open()
+    @property
+    def gone(self) -> bool:
+        return self.closed
 
-    def add(self, leg: Leg) -> bool:
-        if self.connected:
-            return True
-        self.waiting.append(leg)
-        return False
+    def _stream_limit(self) -> H3ClientCodec:
+        return self.codec
 
-    def bind(self, leg: Leg) -> None:
-        self.legs[leg.exchange.up_sid] = leg
-
-    def release_leg(self, leg: Leg) -> None:
-        sid = leg.exchange.up_sid
-        if self.legs.get(sid) is leg:
-            del self.legs[sid]
-            self._congested.discard(sid)
-        elif leg in self.waiting:
-            self.waiting.remove(leg)
-        if self.closed:
-            return
-        self.flush()
-        if not self.legs and not self.waiting:
-            self._idle_since = self.rt.loop.now
-            if self.retired or self.codec.wants_close():
-                self.close()
-
-    def retire(self) -> None:
-        """Take no more legs; close once the streams in flight are done."""
-        self.retired = True
+    def _forget(self) -> None:
         self.rt.pool.forget_h3(self)
-        if not self.legs and not self.waiting and not self.closed:
-            self.close()
+
+    def _wants_close(self) -> bool:
+        return self.codec.wants_close()
 
     # -- input ------------------------------------------------------------------------------
 
@@ -142,28 +113,14 @@ class H3UpstreamConnection:
             msgs.extend(codec.feed(data, self.addr, now))
         self._handle(msgs)
 
-    def _handle(self, msgs: list) -> None:  # type: ignore[type-arg]
+    def _handle(self, msgs: list[Message]) -> None:
         codec = self.codec
         for kind in codec.take_refusals():
             self.rt.shard.protocol_error("upstream", kind)
         if not self.connected and codec.handshake_done and not codec.closed:
-            self._handshake_done()
-        touched: list[Leg] = []
-        legs = self.legs
-        for msg in msgs:
-            leg = legs.get(msg.stream_id)
-            if leg is None:
-                continue
-            touched.append(leg)
-            if isinstance(msg, Reset) and msg.code == ResetCode.REFUSED_STREAM and \
-                    not leg.exchange.response_started:
-                del legs[msg.stream_id]
-                leg.upstream_failed(self, Closed(
-                    f"upstream {self.endpoint.key} refused the stream", side=Side.UPSTREAM,
-                    status_hint=502, retry=Retry.YES, kind="h2_refused"), stale=True,
-                    pump=False)
-                continue
-            leg.deliver(msg)
+            self.cluster.report_success(self.endpoint)
+            self._open_waiting()  # QUIC and TLS are up: the upstream's limit is known
+        touched = self._deliver(msgs)
         if codec.goaway_received is not None and not self.retired:
             self.retire()
         self.flush()
@@ -171,22 +128,6 @@ class H3UpstreamConnection:
             leg.down.pump(leg)
         if codec.closed:
             self._teardown()
-
-    def _handshake_done(self) -> None:
-        """QUIC and TLS are up: waiting legs open streams up to the upstream's limit."""
-        self.connected = True
-        self.cluster.report_success(self.endpoint)
-        waiting = self.waiting
-        self.waiting = []
-        for leg in waiting:
-            if leg.upstream is not self:
-                continue
-            if self.codec.can_open():
-                leg.upstream_ready(self)
-            else:
-                leg.upstream_failed(self, Closed(
-                    f"upstream {self.endpoint.key} stream limit reached", side=Side.UPSTREAM,
-                    status_hint=502, retry=Retry.YES, kind="h2_refused"), stale=True)
 
     # -- output and backpressure ------------------------------------------------------------
 
@@ -307,14 +248,8 @@ class H3UpstreamConnection:
         rt.shard.upstream_conn_closed(self.cluster.name)
         rt.pool.forget_h3(self)
         err = self._error or self._close_error()
-        legs = list(self.legs.values()) + self.waiting
-        self.legs = {}
-        self.waiting = []
         self.codec.release()
-        for leg in legs:
-            stale = not leg.exchange.response_started and not isinstance(err, Timeout) and \
-                err.kind not in ("tls_verify", "tls", "alpn")
-            leg.upstream_failed(self, err, stale=stale)
+        self._fail_legs(err)
 
     def _close_error(self) -> EgError:
         codec = self.codec
