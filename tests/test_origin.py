@@ -364,7 +364,9 @@ def test_origin_process_sigint_and_fixed_port() -> None:
     assert proc.ports == [port]
     assert proc.name == str(port)
     proc.proc.send_signal(signal.SIGINT)
-    assert proc.proc.wait(10) == 0
+    # Exits within a second on a quiet machine; it timed out at 10 s twice under a full
+    # parallel load (interpreter start and thread joins starved of CPU).
+    assert proc.proc.wait(60) == 0
     proc.stop()
 
 
