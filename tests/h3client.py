@@ -55,6 +55,7 @@ H3_NO_ERROR = int(ErrorCode.H3_NO_ERROR)
 H3_INTERNAL_ERROR = int(ErrorCode.H3_INTERNAL_ERROR)
 H3_REQUEST_REJECTED = int(ErrorCode.H3_REQUEST_REJECTED)
 H3_REQUEST_CANCELLED = int(ErrorCode.H3_REQUEST_CANCELLED)
+H3_EXCESSIVE_LOAD = int(ErrorCode.H3_EXCESSIVE_LOAD)
 
 # Stop queueing request body into qh3 while it holds this many unsent bytes of the stream.
 SEND_HIGH = 256 * 1024

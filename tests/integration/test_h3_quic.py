@@ -11,6 +11,9 @@
 - Limits: SETTINGS advertise the QPACK and field-section caps; a field section over
   the cap ends the connection; ``max_requests_per_connection`` sends GOAWAY and
   rejects later streams; many concurrent large uploads keep RSS bounded.
+- Inbound flow control: an origin reading slowly paces an H3 uploader (qh3 grants
+  credit on arrival, so eg holds and throttles); a stream holding past
+  ``stream_hold_limit`` is reset with H3_EXCESSIVE_LOAD.
 - Drain: SIGTERM sends GOAWAY, the request in flight completes, eg exits 0.
 """
 
@@ -28,7 +31,7 @@ from qh3.h3.connection import Setting
 
 from eg.demo.origin_h3 import start_h3_origin
 from eg.reactor.steer import Steering
-from tests.h3client import H3_REQUEST_REJECTED, H3Client, try_zero_rtt
+from tests.h3client import H3_EXCESSIVE_LOAD, H3_REQUEST_REJECTED, H3Client, try_zero_rtt
 from tests.helpers import OriginProcess
 from tests.integration.conftest import (
     Gateway,
@@ -235,6 +238,45 @@ def test_many_concurrent_large_uploads_keep_rss_bounded(
     assert answers == [[pattern_sha256(size).encode(), b"%d" % size]] * uploads
     # 96 MiB went through at once; what eg holds per connection is bounded far below.
     assert rss.peak - base < 64 * MiB, (base, rss.peak)
+    assert gw.metric("eg_unhandled_exceptions_total") == 0
+
+
+def test_origin_that_reads_slowly_holds_back_the_upload(
+        origins: OriginProcess, certs: Path, start_gateway: StartGateway) -> None:
+    """8 MiB to an origin reading 2 MiB/s. qh3 grants stream credit as data arrives, so
+    eg holds what a paused stream delivers and stops processing the connection's
+    datagrams while it holds too much: the uploader must go at the origin's pace."""
+    gw = start_gateway(quic_config(origins.ports, certs, workers=1))
+    size = 8 * MiB
+    base = gw.rss()
+    started = time.monotonic()
+    with RssSampler(gw) as rss, client(gw, certs) as c:
+        resp = c.request("POST", f"/upload-slow-read?rate={2 * MiB}",
+                         body=pattern_chunks(size), timeout=60.0)
+    took = time.monotonic() - started
+    assert resp.status == 200, resp
+    assert resp.body.strip() == str(size).encode()
+    # Taken in at once, the upload would finish in well under a second; at the origin's
+    # pace it takes 4 s minus what the socket buffers and eg's hold (<= 4 MiB) absorb.
+    assert took > 2.5, took
+    assert rss.peak - base < 16 * MiB, (base, rss.peak)
+    assert gw.metric("eg_limit_hits_total", kind="h3_stream_buffer") == 0
+
+
+def test_stream_holding_past_the_limit_is_reset_with_excessive_load(
+        origins: OriginProcess, certs: Path, start_gateway: StartGateway) -> None:
+    """With ``stream_hold_limit`` far under what is in flight, a paused upload overflows
+    it: the stream gets STOP_SENDING and RESET_STREAM with H3_EXCESSIVE_LOAD, the
+    exchange is abandoned, the refusal counted, and the connection serves on."""
+    gw = start_gateway(quic_config(origins.ports, certs, workers=1,
+                                   quic={"stream_hold_limit": 4096}))
+    with client(gw, certs) as c:
+        sid = c.open("POST", "/upload-slow-read?rate=65536", body=pattern_chunks(4 * MiB))
+        resp = c.wait(sid, timeout=30.0)
+        assert H3_EXCESSIVE_LOAD in (resp.reset_code, resp.stop_sending_code), resp
+        assert resp.status in (0, 502, 503), resp
+        assert c.request("GET", "/").status == 200
+    assert gw.metric("eg_limit_hits_total", kind="h3_stream_buffer") == 1
     assert gw.metric("eg_unhandled_exceptions_total") == 0
 
 
