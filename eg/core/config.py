@@ -217,8 +217,13 @@ class EndpointConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolConfig:
-    max_idle: int = 64
-    """Idle upstream connections kept per endpoint per worker."""
+    max_idle: int = 1024
+    """Idle upstream connections kept per endpoint per worker. Set it at or above the
+    requests a worker has in flight to one endpoint at peak: below that, completions
+    that arrive together overflow the pool and the next requests open new connections
+    (measured with 160 in flight and 64 kept: one new connection per 9 requests). Idle
+    ones are closed after ``idle_timeout``, so the pool only holds what a recent peak
+    used."""
     idle_timeout: float = 60.0
     """An idle pooled connection is closed after this many seconds."""
     max_age: float = 300.0

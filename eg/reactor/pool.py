@@ -49,7 +49,10 @@ class Pool:
     """Upstream connections of one worker (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._idle: dict[str, list[H1UpstreamConnection]] = {}
+        #: Idle HTTP/1.1 connections per ``pool_key``, oldest first: a dict as an ordered
+        #: set, so ``take`` pops the newest (LIFO: surplus ones age out by idle_timeout)
+        #: and ``forget`` is O(1) with a thousand idle.
+        self._idle: dict[str, dict[H1UpstreamConnection, None]] = {}
         self._h2: dict[str, list[H2UpstreamConnection]] = {}
         self._h3: dict[str, list[H3UpstreamConnection]] = {}
         #: QUIC client configurations of this worker, by cluster name.
@@ -155,7 +158,7 @@ class Pool:
         """An idle, reusable connection for ``key`` (``pool_key``), or None."""
         idle = self._idle.get(key)
         while idle:
-            conn = idle.pop()
+            conn = idle.popitem()[0]
             if conn.transport.closed or now - conn.created > max_age:
                 conn.close()
                 continue
@@ -164,16 +167,16 @@ class Pool:
 
     def put(self, conn: H1UpstreamConnection, max_idle: int) -> bool:
         """Keep ``conn`` for reuse; False when the per-endpoint idle limit is reached."""
-        idle = self._idle.setdefault(pool_key(conn.cluster.name, conn.endpoint.key), [])
+        idle = self._idle.setdefault(pool_key(conn.cluster.name, conn.endpoint.key), {})
         if len(idle) >= max_idle:
             return False
-        idle.append(conn)
+        idle[conn] = None
         return True
 
     def forget(self, conn: H1UpstreamConnection) -> None:
         idle = self._idle.get(pool_key(conn.cluster.name, conn.endpoint.key))
-        if idle and conn in idle:
-            idle.remove(conn)
+        if idle:
+            idle.pop(conn, None)
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())

@@ -168,6 +168,31 @@ def test_upstream_connections_are_reused(gateway: Gateway, origins: OriginProces
     assert all(n <= 2 for n in opened.values()), opened
 
 
+@pytest.mark.parametrize(("max_idle", "kept"), [(3, 3), (None, 8)])
+def test_pool_keeps_up_to_max_idle(origins: OriginProcess, start_gateway: StartGateway,
+                                   max_idle: int | None, kept: int) -> None:
+    """8 requests in flight at once, twice. ``max_idle`` idle connections survive the
+    first round (the rest are closed, counted as open no more) and serve the second; the
+    default keeps all 8, so the second round opens none."""
+    doc = gateway_config(origins.ports[:1], workers=1)
+    if max_idle is not None:
+        doc["clusters"][0]["pool"] = {"max_idle": max_idle}
+    gw = start_gateway(doc)
+    tally = OriginTally(origins.ports[:1])
+
+    def burst() -> list[int]:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda _: http_get(gw.port, "/slow?delay=0.5").status,
+                                 range(8)))
+
+    start = tally.connections()
+    assert burst() == [200] * 8
+    assert tally.connections() - start == 8
+    assert gw.metric("eg_upstream_connections_open") == kept
+    assert burst() == [200] * 8
+    assert tally.connections() - start == 8 + 8 - kept
+
+
 # -- bodies -----------------------------------------------------------------------------------
 
 
