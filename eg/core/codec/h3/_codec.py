@@ -1,7 +1,8 @@
 """What the HTTP/3 server and client adapters share: driving qh3, flow control, limits.
 
-Theory of operation. A codec owns one qh3 ``QuicConnection`` and, once QUIC is up, one
-``H3Connection`` on it. The reactor hands it datagrams (``feed``), timer expiries
+Theory of operation. A codec owns one ``EgQuicConnection`` and, once QUIC is up, one
+``EgH3Connection`` on it (``_connection.py``: qh3's, with eg's fast paths and request-stream
+framing). The reactor hands it datagrams (``feed``), timer expiries
 (``on_timer``) and messages (``send``), and after each of them takes the datagrams to
 transmit (``output``) and re-arms one timer at ``deadline()`` (aioquic's
 ``transmit()`` pattern: drain and re-arm after every input). QUIC events go to the
@@ -52,33 +53,16 @@ from collections.abc import Callable
 from typing import Any
 
 from h2.exceptions import ProtocolError as FieldError
-from qh3._hazmat import (
-    DecoderStreamError,
-    DecompressionFailed,
-    EncoderStreamError,
-    HeaderTooLarge,
-    QpackDecoder,
-    encode_uint_var,
-)
-from qh3.h3.connection import (
-    FieldSectionTooLarge,
-    FrameType,
-    H3Connection,
-    QpackDecompressionFailed,
-    QpackEncoderStreamError,
-    encode_frame,
-)
 from qh3.h3.connection import ProtocolError as H3ProtocolError
 from qh3.h3.events import (
     DataReceived,
     GoawayReceived,
-    Headers,
     HeadersReceived,
     InformationalHeadersReceived,
 )
 from qh3.h3.events import StopSending as H3StopSending
 from qh3.h3.events import StreamReset as H3StreamReset
-from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.connection import QuicConnectionError
 from qh3.quic.events import (
     ConnectionIdIssued,
     ConnectionIdRetired,
@@ -88,6 +72,7 @@ from qh3.quic.events import (
 
 from eg.core.codec.h2._convert import trailer_block, trailer_fields
 from eg.core.codec.h2._fields import TRAILERS, check_block
+from eg.core.codec.h3._connection import EgH3Connection, EgQuicConnection
 from eg.core.codec.h3._context import (
     H3_EXCESSIVE_LOAD,
     H3_INTERNAL_ERROR,
@@ -107,109 +92,6 @@ BACKLOG = 1024
 #: An event handler: an unbound method, so the dispatch dict holds no reference back to
 #: its codec (a cycle would keep a closed connection's buffers until a GC pass).
 type Handler = Callable[[Any, Any, list[Message]], None]
-
-
-class EgQuicConnection(QuicConnection):
-    """qh3's ``QuicConnection`` without its per-datagram Python work on the hot path.
-
-    qh3 2.1 runs QUIC in a native core behind a Python facade. The facade parses the
-    header of every packet it sends and receives again in Python, for a logger eg never
-    sets. Once the handshake is over, datagrams go straight to the core in one call per
-    batch (qh3's own ``receive_many_datagrams`` path), and transmits are taken from the
-    core directly.
-    """
-
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
-        core = self._core
-        if core is None:
-            return []
-        out: list[tuple[bytes, Any]] = []
-        poll = core.poll_transmit
-        while True:
-            try:
-                transmit = poll(now)
-            except RuntimeError as exc:
-                raise QuicConnectionError(0x1, None, str(exc)) from exc
-            if transmit is None:
-                return out
-            out.append((transmit[0], transmit[1]))
-
-    def receive_batch(self, datagrams: list[bytes], addr: Any, now: float) -> None:
-        """Datagrams from one address: one native call once the handshake is done."""
-        if self._handshake_complete and self._core is not None:
-            self.receive_many_datagrams(datagrams, addr, now)
-        else:
-            for data in datagrams:
-                self.receive_datagram(data, addr, now)
-
-
-class EgH3Connection(H3Connection):
-    """qh3's ``H3Connection`` with eg's SETTINGS and a GOAWAY sender.
-
-    qh3 advertises a 64 KiB QPACK dynamic table, 100 blocked streams and a 256 KiB field
-    section on servers; eg advertises (and its decoder enforces) the configured values:
-    MISSION.md's QPACK caps are 1 MiB decoded, no dynamic table, no blocked streams.
-    """
-
-    def __init__(self, quic: QuicConnection, ctx: H3Context) -> None:
-        self._eg_ctx = ctx
-        super().__init__(quic)
-
-    def _init_connection(self) -> None:
-        ctx = self._eg_ctx
-        self._max_table_capacity = ctx.qpack_max_table_capacity
-        self._blocked_streams = ctx.qpack_blocked_streams
-        self._max_field_section_size = ctx.max_field_section_size
-        # Huffman may take 30 bits per octet: qh3's own allowance for encoded bytes.
-        self._max_encoded_field_section_size = ctx.max_field_section_size * 4 + 32
-        self._decoder = QpackDecoder(self._max_table_capacity, self._blocked_streams,
-                                     max_field_section_size=ctx.max_field_section_size)
-        super()._init_connection()
-
-    def _encode_headers(self, stream_id: int, headers: Headers) -> bytes:
-        """qh3's, minus the empty write to the QPACK encoder stream that every header
-        block makes when there is no dynamic table (one native call saved per block)."""
-        try:
-            encoder, frame_data = self._encoder.encode(stream_id, headers)
-        except EncoderStreamError as exc:
-            raise QpackEncoderStreamError() from exc
-        if encoder:
-            self._encoder_bytes_sent += len(encoder)
-            control = self._local_encoder_stream_id
-            assert control is not None
-            self._quic.send_stream_data(control, encoder)
-        return frame_data
-
-    def _decode_headers(self, stream_id: int, frame_data: bytes | None, *, offset: int = 0,
-                        length: int | None = None) -> Headers:
-        """qh3's, minus the empty write to the QPACK decoder stream after each block."""
-        try:
-            if frame_data is None:
-                pending = self._blocked_stream_map[stream_id]._pending  # type: ignore[attr-defined]
-                del self._blocked_stream_map[stream_id]._pending  # type: ignore[attr-defined]
-                decoder, headers = pending
-            else:
-                if not frame_data or length == 0:
-                    raise DecompressionFailed()
-                decoder, headers = self._decoder.feed_header(
-                    stream_id, frame_data, offset=offset, length=length)
-            if decoder:
-                self._decoder_bytes_sent += len(decoder)
-                control = self._local_decoder_stream_id
-                assert control is not None
-                self._quic.send_stream_data(control, decoder)
-        except (DecompressionFailed, DecoderStreamError) as exc:
-            raise QpackDecompressionFailed() from exc
-        except HeaderTooLarge as exc:
-            raise FieldSectionTooLarge(str(exc)) from exc
-        return headers  # type: ignore[no-any-return]
-
-    def send_goaway(self, stream_id: int) -> None:
-        """GOAWAY on our control stream (RFC 9114 §5.2); qh3 has no sender for it."""
-        control = self._local_control_stream_id
-        assert control is not None
-        self._quic.send_stream_data(
-            control, encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id)))
 
 
 class _Stream:
@@ -502,6 +384,8 @@ class H3Codec:
     def _stop_receiving(self, sid: int, code: int) -> None:
         with contextlib.suppress(QuicConnectionError, AssertionError, ValueError):
             self._quic.stop_stream(sid, code)
+        if self._h3 is not None:
+            self._h3.forget_request(sid)
 
     # -- output -----------------------------------------------------------------------------
 

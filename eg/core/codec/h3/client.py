@@ -23,7 +23,8 @@ from qh3.quic.configuration import QuicConfiguration
 
 from eg.core.codec.h2._convert import request_fields, response_head
 from eg.core.codec.h2._fields import RESPONSE, check_block
-from eg.core.codec.h3._codec import EgQuicConnection, H3Codec, _Stream
+from eg.core.codec.h3._codec import H3Codec, _Stream
+from eg.core.codec.h3._connection import EgQuicConnection
 from eg.core.codec.h3._context import CRYPTO_CERT_ALERTS, H3_REQUEST_CANCELLED, H3Context
 from eg.core.message import Message, RequestHead, Reset, ResetCode, Side
 
@@ -96,6 +97,7 @@ class H3ClientCodec(H3Codec):
         assert h3 is not None
         if msg.method == b"HEAD":
             self._head_requests.add(st.sid)
+        h3.open_request(st.sid)
         h3.send_headers(st.sid, request_fields(self._ctx.fields, msg), end_stream=msg.end_stream)
         if msg.end_stream:
             st.out_done = True

@@ -40,7 +40,8 @@ from qh3.quic.connection import QuicConnectionError
 
 from eg.core.codec.h2._convert import MALFORMED, request_head, response_fields
 from eg.core.codec.h2._fields import REQUEST, check_block
-from eg.core.codec.h3._codec import EgQuicConnection, H3Codec, _Stream
+from eg.core.codec.h3._codec import H3Codec, _Stream
+from eg.core.codec.h3._connection import EgQuicConnection
 from eg.core.codec.h3._context import (
     H3_MESSAGE_ERROR,
     H3_NO_ERROR,

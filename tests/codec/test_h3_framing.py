@@ -1,0 +1,254 @@
+"""Request-stream framing of ``EgH3Connection`` (RFC 9114 §4.1, §7, §9) over real qh3 QUIC.
+
+Two QUIC connections (qh3's client, eg's ``EgQuicConnection`` server, and the reverse for
+responses) exchange datagrams in memory. One side writes raw bytes on a request stream,
+cut at chosen places with a pump after each piece so each arrives on its own; the other
+side's ``EgH3Connection`` must report the same message whatever the cuts, and answer
+framing errors with the connection error RFC 9114 names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from qh3._hazmat import QpackEncoder
+from qh3.h3.connection import ErrorCode
+from qh3.h3.events import (
+    DataReceived,
+    H3Event,
+    Headers,
+    HeadersReceived,
+    InformationalHeadersReceived,
+    StreamReset,
+)
+from qh3.quic.events import ConnectionTerminated, HandshakeCompleted
+
+from eg.core.codec.h2._context import H2Context
+from eg.core.codec.h3._connection import EgH3Connection, EgQuicConnection, frame_head
+from eg.core.codec.h3._context import H3Context
+from eg.core.codec.h3.retry import parse_long_header
+from tests.integration.test_tls import make_certs
+
+ADDR = ("127.0.0.1", 4433)
+NOW = 1000.0
+REQUEST: Headers = [(b":method", b"POST"), (b":scheme", b"https"),
+                    (b":authority", b"example.test"), (b":path", b"/up")]
+TRAILERS: Headers = [(b"x-checksum", b"abc")]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def context(**overrides: int) -> H3Context:
+    args = {"idle_timeout": 30.0, "max_udp_payload": 1350, "max_requests": 1000,
+            "max_field_section_size": 1 << 20, "qpack_max_table_capacity": 0,
+            "qpack_blocked_streams": 0, "max_stream_data": 1 << 20, "max_data": 4 << 20,
+            "hold_limit": 4 << 20, **overrides}
+    return H3Context(fields=H2Context(), **args)  # type: ignore[arg-type]
+
+
+class Side:
+    """One end: its QUIC connection, its HTTP/3 layer once up, what it reported."""
+
+    def __init__(self, quic: EgQuicConnection, ctx: H3Context) -> None:
+        self.quic = quic
+        self.ctx = ctx
+        self.h3: EgH3Connection | None = None
+        self.events: list[H3Event] = []
+        self.terminated: ConnectionTerminated | None = None
+
+    def drain(self) -> None:
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self.h3 = EgH3Connection(self.quic, self.ctx)
+            elif isinstance(event, ConnectionTerminated):
+                self.terminated = event
+            elif self.h3 is not None:
+                self.events.extend(self.h3.handle_event(event))
+
+
+class Pair:
+    def __init__(self, certs: Path, ctx: H3Context) -> None:
+        self.now = NOW
+        self.client = Side(EgQuicConnection(configuration=ctx.client_configuration(
+            server_name="localhost", verify=True, ca_file=str(certs / "ca.pem"))), ctx)
+        self.client.quic.connect(ADDR, NOW)
+        first = self.client.quic.datagrams_to_send(NOW)
+        info = parse_long_header(first[0][0])
+        assert info is not None
+        self.server = Side(EgQuicConnection(
+            configuration=ctx.server_configuration(str(certs / "cert.pem"),
+                                                   str(certs / "key.pem")),
+            original_destination_connection_id=info.dcid), ctx)
+        for data, _addr in first:
+            self.server.quic.receive_datagram(data, ADDR, self.now)
+        self.pump()
+        assert self.client.h3 is not None and self.server.h3 is not None
+
+    def pump(self) -> None:
+        """Move datagrams until both sides are quiet; the clock advances (qh3 paces)."""
+        quiet = 0
+        for _ in range(1000):
+            self.now += 0.002
+            moved = False
+            for src, dst in ((self.client, self.server), (self.server, self.client)):
+                timer = src.quic.get_timer()
+                if timer is not None and timer <= self.now:
+                    src.quic.handle_timer(self.now)
+                for data, _addr in src.quic.datagrams_to_send(self.now):
+                    dst.quic.receive_datagram(data, ADDR, self.now)
+                    moved = True
+                src.drain()
+                dst.drain()
+            quiet = 0 if moved else quiet + 1
+            if quiet == 3:
+                return
+        raise AssertionError("the pair does not settle")
+
+    def write(self, sender: Side, sid: int, data: bytes, cuts: Iterable[int],
+              *, fin: bool = True) -> None:
+        """``data`` on stream ``sid`` in pieces cut at ``cuts``, one pump per piece."""
+        start = 0
+        for cut in [*cuts, len(data)]:
+            piece = data[start:cut]
+            start = cut
+            last = cut == len(data)
+            if piece or (last and fin):
+                sender.quic.send_stream_data(sid, piece, last and fin)
+                self.pump()
+
+
+def block(headers: Headers, sid: int = 0) -> bytes:
+    """A HEADERS frame (QPACK without a dynamic table)."""
+    _encoder, data = QpackEncoder().encode(sid, headers)
+    return frame_head(1, len(data)) + data
+
+
+def data_frame(payload: bytes) -> bytes:
+    return frame_head(0, len(payload)) + payload
+
+
+def message(events: list[H3Event]) -> tuple[list[Headers], bytes, bool]:
+    """Header sections, body and whether the last event ended the stream."""
+    sections = [list(e.headers) for e in events if isinstance(e, HeadersReceived)]
+    body = b"".join(e.data for e in events if isinstance(e, DataReceived))
+    ended = bool(events) and getattr(events[-1], "stream_ended", False)
+    return sections, body, ended
+
+
+UPLOAD = (block(REQUEST) + data_frame(b"hello ") + bytes((0x21, 3)) + b"xyz"  # grease
+          + data_frame(b"") + data_frame(b"world" * 300) + block(TRAILERS))
+
+
+@pytest.mark.parametrize("step", [1, 7, 600])
+def test_any_cut_gives_the_same_message(certs: Path, step: int) -> None:
+    pair = Pair(certs, context())
+    pair.write(pair.client, 0, UPLOAD, range(step, len(UPLOAD), step))
+    sections, body, ended = message(pair.server.events)
+    assert sections == [REQUEST, TRAILERS]
+    assert body == b"hello " + b"world" * 300
+    assert ended
+    assert pair.server.terminated is None
+
+
+def test_trailers_wait_for_a_fin_sent_alone(certs: Path) -> None:
+    pair = Pair(certs, context())
+    pair.write(pair.client, 0, block(REQUEST) + block(TRAILERS), [], fin=False)
+    assert message(pair.server.events) == ([REQUEST], b"", False)
+    pair.client.quic.send_stream_data(0, b"", True)
+    pair.pump()
+    last = pair.server.events[-1]
+    assert isinstance(last, HeadersReceived) and last.stream_ended
+    assert list(last.headers) == TRAILERS
+
+
+def test_head_with_fin_is_one_event(certs: Path) -> None:
+    pair = Pair(certs, context())
+    pair.write(pair.client, 0, block(REQUEST), [])
+    assert len(pair.server.events) == 1
+    assert message(pair.server.events) == ([REQUEST], b"", True)
+
+
+def connection_error(pair: Pair, side: str = "client") -> int | None:
+    """The error code of the CONNECTION_CLOSE ``side`` received (after its draining
+    period, when qh3 reports it), or None if the connection stayed up."""
+    end = getattr(pair, side)
+    for _ in range(200):
+        if end.terminated is not None:
+            return int(end.terminated.error_code)
+        pair.now += 0.05
+        pair.pump()
+    return None
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (data_frame(b"x"), ErrorCode.H3_FRAME_UNEXPECTED),                    # DATA before HEADERS
+    (block(REQUEST) + bytes((0x4, 0)), ErrorCode.H3_FRAME_UNEXPECTED),    # SETTINGS
+    (block(REQUEST) + bytes((0x7, 1, 0)), ErrorCode.H3_FRAME_UNEXPECTED),  # GOAWAY
+    (block(REQUEST) + bytes((0x9, 0)), ErrorCode.H3_FRAME_UNEXPECTED),    # HTTP/2 CONTINUATION
+    (block(REQUEST) + bytes((0x5, 1, 0)), ErrorCode.H3_FRAME_UNEXPECTED),  # PUSH_PROMISE
+    (block(REQUEST) + block(TRAILERS) + data_frame(b"x"), ErrorCode.H3_FRAME_UNEXPECTED),
+    (block(REQUEST) + bytes((0x0, 10)) + b"short", ErrorCode.H3_FRAME_ERROR),
+    (block(REQUEST)[:-1], ErrorCode.H3_FRAME_ERROR),
+    (block(REQUEST) + bytes((0x40,)), ErrorCode.H3_FRAME_ERROR),           # cut varint
+    (bytes((0x1, 3, 0xFF, 0xFF, 0xFF)), ErrorCode.QPACK_DECOMPRESSION_FAILED),
+], ids=["data-first", "settings", "goaway", "continuation", "push-promise",
+        "data-after-trailers", "data-cut", "headers-cut", "frame-head-cut", "bad-qpack"])
+def test_framing_errors_close_the_connection(certs: Path, data: bytes, code: int) -> None:
+    pair = Pair(certs, context())
+    pair.write(pair.client, 0, data, [])
+    assert connection_error(pair) == code
+
+
+def test_encoded_field_section_over_the_cap(certs: Path) -> None:
+    ctx = context(max_field_section_size=1000)
+    pair = Pair(certs, ctx)
+    # The length alone is refused: the frame's bytes never need to arrive.
+    pair.write(pair.client, 0, frame_head(1, 4 * 1000 + 33) + b"\x00\x00", [], fin=False)
+    assert connection_error(pair) == ErrorCode.H3_EXCESSIVE_LOAD
+
+
+def test_stream_ended_before_its_head_is_incomplete(certs: Path) -> None:
+    pair = Pair(certs, context())
+    pair.write(pair.client, 0, bytes((0x21, 0)), [])  # only a grease frame, then FIN
+    assert pair.server.events == []
+    assert pair.client.terminated is None
+    # The server answered the stream with RESET_STREAM H3_REQUEST_INCOMPLETE.
+    assert pair.client.h3 is not None
+    assert [(e.stream_id, e.error_code) for e in pair.client.events
+            if isinstance(e, StreamReset)] == [(0, ErrorCode.H3_REQUEST_INCOMPLETE)]
+
+
+def test_client_sees_informational_then_final_head(certs: Path) -> None:
+    pair = Pair(certs, context())
+    client_h3 = pair.client.h3
+    assert client_h3 is not None
+    sid = pair.client.quic.get_next_available_stream_id()
+    client_h3.open_request(sid)
+    client_h3.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                                 (b":authority", b"a"), (b":path", b"/")], end_stream=True)
+    pair.pump()
+    early = [(b":status", b"103"), (b"link", b"</a.css>")]
+    final = [(b":status", b"200"), (b"content-length", b"2")]
+    response = block(early, sid) + block(final, sid) + data_frame(b"ok")
+    pair.write(pair.server, sid, response, range(1, len(response)))
+    kinds = [type(e) for e in pair.client.events]
+    assert kinds[:2] == [InformationalHeadersReceived, HeadersReceived]
+    assert message(pair.client.events) == ([final], b"ok", True)
+
+
+def test_client_refuses_a_push(certs: Path) -> None:
+    pair = Pair(certs, context())
+    client_h3 = pair.client.h3
+    assert client_h3 is not None
+    sid = pair.client.quic.get_next_available_stream_id()
+    client_h3.open_request(sid)
+    client_h3.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                                 (b":authority", b"a"), (b":path", b"/")], end_stream=True)
+    pair.pump()
+    pair.write(pair.server, sid, bytes((0x5, 1, 0)), [], fin=False)
+    assert connection_error(pair, "server") == ErrorCode.H3_ID_ERROR
