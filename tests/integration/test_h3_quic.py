@@ -9,8 +9,9 @@
 - Retry: ``retry = "always"`` answers first Initials with a Retry; the client's second
   Initial carries the token and gets a connection.
 - Limits: SETTINGS advertise the QPACK and field-section caps; a field section over
-  the cap ends the connection; ``max_requests_per_connection`` sends GOAWAY and
-  rejects later streams; many concurrent large uploads keep RSS bounded.
+  the cap ends the connection; a malformed request is a stream error only;
+  ``max_requests_per_connection`` sends GOAWAY and rejects later streams; many
+  concurrent large uploads keep RSS bounded.
 - Inbound flow control: an origin reading slowly paces an H3 uploader (qh3 grants
   credit on arrival, so eg holds and throttles); a stream holding past
   ``stream_hold_limit`` is reset with H3_EXCESSIVE_LOAD.
@@ -194,6 +195,23 @@ def test_field_section_over_the_cap_ends_the_connection(limited: Gateway, certs:
     assert resp.status == 0 and resp.closed is not None
     assert resp.closed.error_code == 0x107, resp.closed
     assert limited.metric("eg_unhandled_exceptions_total") == 0
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"X-Upper", b"1")],                        # uppercase name (RFC 9114 §4.2)
+    [(b"connection", b"keep-alive")],            # connection-specific field (§4.2)
+    [(b"x-ok", b"1"), (b":path", b"/again")],    # pseudo-header after a field (§4.3)
+], ids=["uppercase", "connection", "late-pseudo"])
+def test_malformed_request_is_a_stream_error(limited: Gateway, certs: Path,
+                                             headers: list[tuple[bytes, bytes]]) -> None:
+    """RFC 9114 §4.1.2: a malformed request is reset with H3_MESSAGE_ERROR; the connection
+    and its other requests go on."""
+    before = limited.metric("eg_protocol_errors_total", kind="h3_malformed")
+    with client(limited, certs) as c:
+        bad = c.request("GET", "/", headers=headers, timeout=5.0)
+        assert bad.status == 0 and bad.reset_code == 0x10E, bad
+        assert c.request("GET", "/").status == 200
+    assert limited.metric("eg_protocol_errors_total", kind="h3_malformed") == before + 1
 
 
 def test_recycled_after_max_requests(limited: Gateway, certs: Path) -> None:

@@ -42,7 +42,7 @@ and the stream is reset (``LimitExceeded``).
 
 Connection end. A ``ConnectionTerminated`` (idle timeout, peer close, protocol error)
 turns every open stream into a Reset and sets ``closed``. Errors in the peer's HTTP/3
-framing are closed by qh3's ``H3Connection`` itself (CONNECTION_CLOSE with its code).
+framing are closed by ``EgH3Connection`` (CONNECTION_CLOSE with the RFC 9114 code).
 """
 
 from __future__ import annotations
