@@ -212,6 +212,24 @@ def test_encoded_field_section_over_the_cap(certs: Path) -> None:
     assert connection_error(pair) == ErrorCode.H3_EXCESSIVE_LOAD
 
 
+def test_incomplete_blocks_of_all_streams_share_one_allowance(certs: Path) -> None:
+    """Each HEADERS frame is under the cap, but three held incomplete at once are not:
+    qh3 grants flow credit as data arrives, so this allowance is what bounds them."""
+    pair = Pair(certs, context(max_field_section_size=1000))  # allowance 4 * 1000 + 32
+    for sid in (0, 4, 8):
+        pair.write(pair.client, sid, frame_head(1, 3000) + b"\x00" * 2000, [], fin=False)
+    assert connection_error(pair) == ErrorCode.H3_EXCESSIVE_LOAD
+
+
+def test_large_block_trickling_in(certs: Path) -> None:
+    big = [*REQUEST, *((b"x-field-%d" % i, b"v" * 200) for i in range(200))]
+    data = block(big)
+    pair = Pair(certs, context())
+    pair.write(pair.client, 0, data, range(500, len(data), 500))
+    assert message(pair.server.events) == ([big], b"", True)
+    assert pair.server.h3 is not None and pair.server.h3._partial == 0
+
+
 def test_stream_ended_before_its_head_is_incomplete(certs: Path) -> None:
     pair = Pair(certs, context())
     pair.write(pair.client, 0, bytes((0x21, 0)), [])  # only a grease frame, then FIN

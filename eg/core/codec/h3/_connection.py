@@ -79,8 +79,6 @@ _PUSH_PROMISE = int(FrameType.PUSH_PROMISE)
 #: Frame types that may not appear on a request stream (RFC 9114 §7.2, §11.2.1: the
 #: control-stream frames and the reserved HTTP/2 types).
 _UNEXPECTED = frozenset({0x2, 0x3, 0x4, 0x6, 0x7, 0x8, 0x9, 0xD})
-#: Longest frame header: two 8-byte varints.
-_MAX_FRAME_HEAD = 16
 _VARINT_MASK = (0x3F, 0x3FFF, 0x3FFFFFFF, 0x3FFFFFFFFFFFFFFF)
 _H3_REQUEST_INCOMPLETE = int(ErrorCode.H3_REQUEST_INCOMPLETE)
 
@@ -150,12 +148,15 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
 class _RequestStream:
     """Receive state of one request stream (module docstring)."""
 
-    __slots__ = ("buf", "frame", "remaining", "state", "trailers")
+    __slots__ = ("buf", "frame", "need", "remaining", "state", "trailers")
 
     def __init__(self) -> None:
         self.state = _HEAD
-        #: Bytes of an incomplete frame head or HEADERS frame (bounded by the field cap).
-        self.buf = b""
+        #: Bytes of an incomplete frame head or HEADERS frame, appended to in place (a
+        #: block trickling in a byte at a time costs linear time, not quadratic).
+        self.buf: bytearray | None = None
+        #: Bytes ``buf`` must hold before it is parsed again (0: try on every piece).
+        self.need = 0
         #: Type of the frame whose payload is being passed (DATA) or skipped, or -1.
         self.frame = -1
         self.remaining = 0
@@ -177,6 +178,10 @@ class EgH3Connection(H3Connection):
         self._own_requests = ctx.qpack_blocked_streams == 0
         self._requests: dict[int, _RequestStream] = {}
         self._highest_request = -1
+        #: Bytes of incomplete frames buffered over all request streams. qh3 grants flow
+        #: credit as data arrives, so QUIC does not bound them: this does, at one
+        #: encoded field section's allowance per connection (H3_EXCESSIVE_LOAD past it).
+        self._partial = 0
         super().__init__(quic)
 
     def _init_connection(self) -> None:
@@ -282,7 +287,7 @@ class EgH3Connection(H3Connection):
                         return []
             elif isinstance(event, QuicStreamReset):
                 if not event.stream_id & 2:
-                    self._requests.pop(event.stream_id, None)
+                    self._drop(event.stream_id)
                     return [StreamReset(stream_id=event.stream_id, error_code=event.error_code)]
             elif isinstance(event, StopSendingReceived) and not event.stream_id & 2:
                 return [StopSending(stream_id=event.stream_id, error_code=event.error_code)]
@@ -290,7 +295,21 @@ class EgH3Connection(H3Connection):
 
     def forget_request(self, stream_id: int) -> None:
         """We stopped reading the stream (STOP_SENDING): its receive state can go."""
-        self._requests.pop(stream_id, None)
+        self._drop(stream_id)
+
+    def _drop(self, stream_id: int) -> _RequestStream | None:
+        rs = self._requests.pop(stream_id, None)
+        if rs is not None and rs.buf is not None:
+            self._partial -= len(rs.buf)
+        return rs
+
+    def _keep(self, rs: _RequestStream, rest: bytes, need: int) -> None:
+        """Buffer an incomplete frame until ``need`` bytes are in."""
+        self._partial += len(rest)
+        if self._partial > self._max_encoded_field_section_size:
+            raise FieldSectionTooLarge("incomplete HEADERS frames over the allowance")
+        rs.buf = bytearray(rest)
+        rs.need = need
 
     def _receive_request(self, sid: int, data: bytes, fin: bool) -> list[H3Event]:
         rs = self._requests.get(sid)
@@ -299,9 +318,17 @@ class EgH3Connection(H3Connection):
                 return []  # a stream already done with (or never ours)
             self._highest_request = sid
             rs = self._requests[sid] = _RequestStream()
-        if rs.buf:
-            data = rs.buf + data
-            rs.buf = b""
+        buf = rs.buf
+        if buf is not None:
+            buf += data
+            self._partial += len(data)
+            if self._partial > self._max_encoded_field_section_size:
+                raise FieldSectionTooLarge("incomplete HEADERS frames over the allowance")
+            if len(buf) < rs.need and not fin:
+                return []
+            self._partial -= len(buf)
+            data = bytes(buf)
+            rs.buf = None
         events: list[H3Event] = []
         pos = 0
         end = len(data)
@@ -320,7 +347,7 @@ class EgH3Connection(H3Connection):
             head = _varint(data, pos, end)
             length = None if head is None else _varint(data, head[1], end)
             if head is None or length is None:
-                rs.buf = data[pos:]  # at most _MAX_FRAME_HEAD - 1 bytes
+                self._keep(rs, data[pos:], 0)  # a frame head: under 16 bytes
                 break
             frame, size, start = head[0], length[0], length[1]
             if frame == _DATA:
@@ -334,7 +361,7 @@ class EgH3Connection(H3Connection):
                 if rs.state == _TRAIL:
                     raise FrameUnexpected("HEADERS frame after trailers")
                 if start + size > end:
-                    rs.buf = data[pos:]  # bounded by the check above
+                    self._keep(rs, data[pos:], start - pos + size)
                     break
                 pos = start + size
                 self._on_headers_frame(rs, sid, self._decode_block(sid, data, start, size),
@@ -370,8 +397,8 @@ class EgH3Connection(H3Connection):
         events.append(HeadersReceived(headers=headers, stream_id=sid, stream_ended=ended))
 
     def _receive_fin(self, rs: _RequestStream, sid: int, events: list[H3Event]) -> None:
-        del self._requests[sid]
-        if rs.buf or rs.remaining:
+        self._drop(sid)
+        if rs.buf is not None or rs.remaining:
             raise FrameError("frame truncated by the end of the stream")
         if rs.state == _HEAD:
             # Ended before its head: incomplete (RFC 9114 §4.1.2). A server answers
