@@ -50,7 +50,7 @@ from eg.reactor.leg import Leg, record_exchange, start_exchange
 from eg.reactor.loop import EPOLLIN
 
 if TYPE_CHECKING:
-    from eg.core.codec.h3._context import QuicConfiguration
+    from eg.core.codec.h3._context import QuicCertificates, QuicConfiguration
     from eg.reactor.steer import Steering
     from eg.reactor.worker import ListenerRuntime, WorkerRuntime
 
@@ -98,6 +98,7 @@ class QuicListener:
 
     Args:
         configuration: the listener's server QuicConfiguration (this worker's copy).
+        certificates: its certificates by server name, when it has more than one.
         tokens: Retry token issuer/checker (the key is the process's).
         steering: the attached steering program, or None for userspace hand-off.
         handoff: posts a datagram to another worker (userspace steering).
@@ -110,6 +111,7 @@ class QuicListener:
         sock: socket.socket,
         *,
         configuration: QuicConfiguration,
+        certificates: QuicCertificates | None,
         tokens: RetryTokens,
         steering: Steering | None,
         workers: int,
@@ -120,6 +122,7 @@ class QuicListener:
         self.sock = sock
         self.fd = sock.fileno()
         self.configuration = configuration
+        self.certificates = certificates
         self.tokens = tokens
         self.steering = steering
         self.workers = workers
@@ -250,7 +253,8 @@ class QuicListener:
             return None
         host_cid = make_cid(self.rt.index, self.workers, os.urandom(8))
         codec = H3ServerCodec(self.rt.h3, self.configuration, scheme=self.lrt.scheme,
-                              odcid=odcid, host_cid=host_cid, retry_cid=retry_cid)
+                              odcid=odcid, host_cid=host_cid, retry_cid=retry_cid,
+                              certificates=self.certificates)
         conn = H3DownstreamConnection(self.rt, self.lrt, self, codec, addr)
         # The client's own DCID still names this connection until it learns ours
         # (retransmitted Initials, coalesced 0-RTT).

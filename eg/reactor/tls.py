@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from eg.core.codec.h3._context import check_quic_certificate
 from eg.core.config import Config, TlsConfig, UpstreamTlsConfig
+from eg.core.sni import name_table, pick
 from eg.reactor.loop import EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop
 from eg.reactor.stream import RECV_SIZE, StreamProtocol, Transport
 
@@ -63,7 +64,7 @@ def _context(cert: str, key: str, *, tls13_only: bool, alpn: Sequence[str]) -> s
     return ctx
 
 
-def _dns_names(cert: str) -> list[str]:
+def dns_names(cert: str) -> list[str]:
     """subjectAltName DNS names of a PEM certificate (lowercase)."""
     decoded = ssl._ssl._test_decode_cert(cert)  # type: ignore[attr-defined]
     return [v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS"]
@@ -79,19 +80,17 @@ def server_tls(config: TlsConfig, *, alpn: Sequence[str]) -> ServerTls:
         (_context(c.cert, c.key, tls13_only=config.tls13_only, alpn=alpn), c.cert)
         for c in config.certificates
     ]
-    names = tuple((name, ctx) for ctx, cert in contexts for name in _dns_names(cert))
+    named = [(ctx, dns_names(cert)) for ctx, cert in contexts]
+    names = tuple((name, ctx) for ctx, ctx_names in named for name in ctx_names)
     default = contexts[0][0]
-    table = dict(reversed(names))  # first certificate wins a name
+    table = name_table(named)
 
     def on_sni(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None,
                _ctx: ssl.SSLContext) -> None:
         if not name:
             return
-        name = name.lower()
-        sock.eg_sni = name  # type: ignore[union-attr]  # read back by server_name()
-        chosen = table.get(name)
-        if chosen is None and "." in name:
-            chosen = table.get("*." + name.split(".", 1)[1])
+        sock.eg_sni = name.lower()  # type: ignore[union-attr]  # read back by server_name()
+        chosen = pick(table, name)
         if chosen is not None and chosen is not default:
             sock.context = chosen
 
@@ -149,8 +148,8 @@ def check_tls(config: Config) -> str | None:
             try:
                 server_tls(lc.tls, alpn=listener_alpn(lc.protocol))
                 if lc.protocol == "quic":
-                    first = lc.tls.certificates[0]
-                    check_quic_certificate(first.cert, first.key)
+                    for cert in lc.tls.certificates:
+                        check_quic_certificate(cert.cert, cert.key)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 return f"listener {lc.name}: cannot load its certificates: {exc}"
     for cc in config.clusters:

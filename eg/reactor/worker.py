@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from eg.core.codec.h1._parse import H1Context
 from eg.core.codec.h2._context import H2Context
-from eg.core.codec.h3._context import H3Context
+from eg.core.codec.h3._context import H3Context, QuicCertificates
 from eg.core.codec.h3.retry import RetryTokens
 from eg.core.config import Config, TlsConfig
 from eg.core.metrics import Shard
@@ -34,7 +34,7 @@ from eg.reactor.mailbox import Drain, Mailbox, QuicDatagram, Reload, Stop
 from eg.reactor.pool import Pool
 from eg.reactor.quic import QuicListener
 from eg.reactor.steer import Steering
-from eg.reactor.tls import ServerTls, listener_alpn, server_tls
+from eg.reactor.tls import ServerTls, dns_names, listener_alpn, server_tls
 
 log = logging.getLogger("eg.worker")
 
@@ -230,9 +230,14 @@ class Worker(threading.Thread):
         shared = self.quic
         assert shared is not None and tls is not None
         cert = tls.certificates[0]
+        certificates = None
+        if len(tls.certificates) > 1:
+            certificates = QuicCertificates(
+                [(c.cert, c.key, dns_names(c.cert)) for c in tls.certificates])
         return QuicListener(
             rt, lrt, self.sockets[lrt.name],
             configuration=rt.h3.server_configuration(cert.cert, cert.key),
+            certificates=certificates,
             tokens=RetryTokens(bytes(bytearray(shared.retry_key)),
                                rt.config.quic.retry_token_lifetime),
             steering=shared.steering.get(lrt.name), workers=len(shared.mailboxes),

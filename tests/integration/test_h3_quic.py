@@ -8,6 +8,7 @@
   backend sees it exactly once.
 - Retry: ``retry = "always"`` answers first Initials with a Retry; the client's second
   Initial carries the token and gets a connection.
+- Certificates: several on one listener, chosen by the ClientHello's server name.
 - Limits: SETTINGS advertise the QPACK and field-section caps; a field section over
   the cap ends the connection; a malformed request is a stream error only;
   ``max_requests_per_connection`` sends GOAWAY and rejects later streams; many
@@ -32,7 +33,13 @@ from qh3.h3.connection import Setting
 
 from eg.demo.origin_h3 import start_h3_origin
 from eg.reactor.steer import Steering
-from tests.h3client import H3_EXCESSIVE_LOAD, H3_REQUEST_REJECTED, H3Client, try_zero_rtt
+from tests.h3client import (
+    H3_EXCESSIVE_LOAD,
+    H3_REQUEST_REJECTED,
+    H3Client,
+    H3ClientError,
+    try_zero_rtt,
+)
 from tests.helpers import OriginProcess
 from tests.integration.conftest import (
     Gateway,
@@ -296,6 +303,31 @@ def test_stream_holding_past_the_limit_is_reset_with_excessive_load(
         assert c.request("GET", "/").status == 200
     assert gw.metric("eg_limit_hits_total", kind="h3_stream_buffer") == 1
     assert gw.metric("eg_unhandled_exceptions_total") == 0
+
+
+def test_certificate_chosen_by_server_name(origins: OriginProcess, certs: Path,
+                                           tmp_path: Path,
+                                           start_gateway: StartGateway) -> None:
+    """Two certificates (another CA for other.test): each name gets its own, verified,
+    as on TCP listeners; a name neither lists gets the first."""
+    other = make_certs(tmp_path / "other", "other.test")
+    doc = quic_config(origins.ports, certs, workers=1)
+    doc["listeners"][0]["tls"]["certificates"].append(
+        {"cert": str(other / "cert.pem"), "key": str(other / "key.pem")})
+    gw = start_gateway(doc)
+    port = gw.ports["quic"]
+    for name, ca in (("other.test", other), ("localhost", certs)):
+        with H3Client("127.0.0.1", port, ca_file=str(ca / "ca.pem"), server_name=name,
+                      timeout=10.0) as c:
+            assert c.request("GET", "/").status == 200
+    with H3Client("127.0.0.1", port, server_name="unknown.test", verify=False,
+                  timeout=10.0) as c:
+        assert c.request("GET", "/").status == 200
+        peer = c.quic._tls.peer_certificate  # type: ignore[union-attr]
+        assert peer is not None and b"DNSName(localhost)" in peer.get_subject_alt_names()
+    with pytest.raises(H3ClientError):  # localhost's certificate is not other's CA's
+        H3Client("127.0.0.1", port, ca_file=str(other / "ca.pem"), server_name="localhost",
+                 timeout=5.0)
 
 
 # -- drain ----------------------------------------------------------------------------------

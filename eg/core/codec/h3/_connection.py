@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qh3 import tls
 from qh3._hazmat import (
     DecoderStreamError,
     DecompressionFailed,
@@ -70,8 +71,10 @@ from qh3.h3.events import (
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived
 from qh3.quic.events import StreamReset as QuicStreamReset
+from qh3.quic.tls_bridge import QuicTlsBridge
+from qh3.tls import pull_client_hello
 
-from eg.core.codec.h3._context import H3Context
+from eg.core.codec.h3._context import H3Context, QuicCertificates
 
 _DATA = int(FrameType.DATA)
 _HEADERS = int(FrameType.HEADERS)
@@ -100,6 +103,16 @@ class EgQuicConnection(QuicConnection):
     path), and transmits are taken from the core directly.
     """
 
+    #: A server's certificates by server name (set before its first datagram); None:
+    #: the configuration's one certificate.
+    certificates: QuicCertificates | None = None
+
+    def _create_tls(self, remote_source_cid: bytes | None) -> QuicTlsBridge:
+        bridge = super()._create_tls(remote_source_cid)
+        if self.certificates is not None and not self._is_client:
+            _select_by_server_name(bridge.tls, self.certificates)
+        return bridge
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         core = self._core
         if core is None:
@@ -122,6 +135,31 @@ class EgQuicConnection(QuicConnection):
         else:
             for data in datagrams:
                 self.receive_datagram(data, addr, now)
+
+
+def _select_by_server_name(context: tls.Context, certificates: QuicCertificates) -> None:
+    """Have ``context`` sign with the certificate the ClientHello's server name selects.
+
+    qh3 picks the signature algorithm from the key as soon as it has parsed the
+    ClientHello, so the choice is made just before: the hello is read once more here
+    (then rewound) and the certificate, chain and key set. The hook removes itself
+    after the hello, so the context does not keep a reference to itself.
+    """
+    original = context._server_handle_hello
+
+    def handle_hello(input_buf: Any, *bufs: Any) -> None:
+        start = input_buf.tell()
+        try:
+            server_name = pull_client_hello(input_buf).server_name
+        except Exception:
+            server_name = None
+        input_buf.seek(start)
+        (context.certificate, context.certificate_chain,
+         context.certificate_private_key) = certificates.for_server_name(server_name)
+        del context._server_handle_hello
+        original(input_buf, *bufs)
+
+    context._server_handle_hello = handle_hello  # type: ignore[method-assign,assignment]
 
 
 def frame_head(frame_type: int, length: int) -> bytes:

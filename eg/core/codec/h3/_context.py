@@ -9,13 +9,17 @@ adapters serve both, with the same character tables and limits.
 
 from __future__ import annotations
 
+from typing import Any
+
 from qh3.quic.configuration import QuicConfiguration
 
 from eg.core.codec.h2._context import H2Context
 from eg.core.message import ResetCode
 from eg.core.quic_steer import CID_LENGTH
+from eg.core.sni import name_table, pick
 
-__all__ = ["H3Context", "QuicConfiguration", "check_quic_certificate", "h3_code", "reset_code"]
+__all__ = ["H3Context", "QuicCertificates", "QuicConfiguration", "check_quic_certificate",
+           "h3_code", "reset_code"]
 
 #: ALPN of HTTP/3 (RFC 9114 §3.1).
 ALPN_H3 = "h3"
@@ -127,6 +131,37 @@ class H3Context:
             max_stream_data=self.max_stream_data,
             max_data=self.max_data,
         )
+
+
+#: What a QUIC server signs with: qh3's certificate, chain and private key objects.
+type CertificateSet = tuple[Any, list[Any], Any]
+
+
+class QuicCertificates:
+    """A QUIC listener's certificates, chosen by the ClientHello's server name (SNI) as a
+    TCP listener's are (``eg/core/sni.py``); the first one otherwise.
+
+    Args:
+        certificates: (certificate file, key file, its DNS names) in listener order.
+
+    Raises:
+        OSError, ValueError: qh3 cannot load a certificate or key.
+    """
+
+    def __init__(self, certificates: list[tuple[str, str, list[str]]]) -> None:
+        loaded: list[tuple[CertificateSet, list[str]]] = []
+        for cert, key, names in certificates:
+            config = QuicConfiguration(is_client=False)
+            config.load_cert_chain(cert, key)
+            loaded.append(((config.certificate, config.certificate_chain,
+                            config.private_key), names))
+        self.default = loaded[0][0]
+        self._table = name_table(loaded)
+
+    def for_server_name(self, server_name: str | None) -> CertificateSet:
+        if not server_name:
+            return self.default
+        return pick(self._table, server_name) or self.default
 
 
 def check_quic_certificate(cert: str, key: str) -> None:

@@ -47,6 +47,7 @@ from eg.core.codec.h3._context import (
     H3_NO_ERROR,
     H3_REQUEST_REJECTED,
     H3Context,
+    QuicCertificates,
 )
 from eg.core.message import Message, ResponseHead, Side
 
@@ -76,6 +77,7 @@ class H3ServerCodec(H3Codec):
         odcid: the original Destination Connection ID of the client.
         host_cid: our first Connection ID (steerable to this worker).
         retry_cid: the Source Connection ID of the Retry we sent, if any.
+        certificates: the listener's certificates when it has several (chosen by SNI).
     """
 
     def __init__(
@@ -87,11 +89,13 @@ class H3ServerCodec(H3Codec):
         odcid: bytes,
         host_cid: bytes,
         retry_cid: bytes | None = None,
+        certificates: QuicCertificates | None = None,
     ) -> None:
         quic = EgQuicConnection(configuration=configuration,
                               original_destination_connection_id=odcid,
                               retry_source_connection_id=retry_cid)
         quic.host_cid = host_cid
+        quic.certificates = certificates
         super().__init__(ctx, quic, side=Side.DOWNSTREAM)
         self._scheme = scheme
         #: Request streams surfaced on this connection.
