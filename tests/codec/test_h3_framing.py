@@ -230,6 +230,18 @@ def test_large_block_trickling_in(certs: Path) -> None:
     assert pair.server.h3 is not None and pair.server.h3._partial == 0
 
 
+def test_dynamic_table_beyond_the_advertised_zero_is_refused(certs: Path) -> None:
+    """The QPACK bomb needs a dynamic table; eg advertises none (RFC 9204 §3.2.3), so a
+    capacity instruction on the encoder stream ends the connection."""
+    pair = Pair(certs, context())
+    client_h3 = pair.client.h3
+    assert client_h3 is not None and client_h3._local_encoder_stream_id is not None
+    # Set Dynamic Table Capacity 4096: 001 + 5-bit prefix integer (31, then 4065).
+    pair.write(pair.client, client_h3._local_encoder_stream_id, bytes((0x3F, 0xE1, 0x1F)),
+               [], fin=False)
+    assert connection_error(pair) == ErrorCode.QPACK_ENCODER_STREAM_ERROR
+
+
 def test_stream_ended_before_its_head_is_incomplete(certs: Path) -> None:
     pair = Pair(certs, context())
     pair.write(pair.client, 0, bytes((0x21, 0)), [])  # only a grease frame, then FIN
