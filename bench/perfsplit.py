@@ -1,15 +1,18 @@
 """Where a running eg spends its CPU: qh3's native core, qh3's Python, eg's own code, kernel.
 
-    python3.13t -X perf_jit -m eg config.toml &                  # Python frames for perf
+    python3.13t -X perf -m eg config.toml &         # Python frames via /tmp/perf-PID.map
     perf record -F 499 -k 1 --call-graph dwarf,32768 -p PID -o perf.data -- sleep 6
-    perf inject --jit -i perf.data -o perf.jit.data
-    python bench/perfsplit.py perf.jit.data
+    python bench/perfsplit.py perf.data
+
+(``-X perf_jit`` with ``perf inject --jit`` gives deeper Python stacks where perf supports
+it; Debian 12's perf 6.1 skips the jitdump records, so ``-X perf`` is the one that works
+there. Either way each sample's innermost Python frame is named.)
 
 Why perf and not cProfile: on 3.13t, cProfile on a worker thread made eg spin for minutes
 in ``profiler_disable`` and distorts C calls (it times wall clock), and reading another
 thread's frames with ``sys._current_frames`` from a sampler thread crashed eg (general
-protection fault). perf samples CPU time with no help from the process; ``-X perf_jit``
-(CPython 3.13) writes a jitdump so DWARF unwinding sees the Python functions.
+protection fault). perf samples CPU time with no help from the process; ``-X perf``
+(CPython 3.12+) names each Python function in a perf map.
 
 Each sample is classified by walking its stack from the leaf: kernel if the leaf is in the
 kernel; *qh3 native* if a frame of qh3's ``_hazmat`` extension comes before the first
