@@ -21,6 +21,9 @@ This isolates the HTTP/3 termination, and gives the machine's speed as a referen
 compare a gateway's CPU per request with ``qh3 pair`` measured on the same box.
 
 Times are thread CPU time (``time.thread_time``); best of ``--rounds`` per row.
+``--threads N`` runs each row in N threads at once as well, each with its own
+connection: on free-threaded CPython the per-thread cost stays the single-thread cost
+only if the threads share nothing hot (STYLE.md §6); the ratio shows how close it is.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -196,10 +200,25 @@ def run(kind: str, requests: int, certs: Path) -> float:
     return total / requests * 1e6
 
 
+def concurrent(kind: str, requests: int, certs: Path, threads: int) -> list[float]:
+    """``run`` in ``threads`` threads at once, each on its own connection."""
+    results: list[float] = []
+    workers = [threading.Thread(target=lambda: results.append(run(kind, requests, certs)))
+               for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="also run each row in this many threads at once (shared-nothing "
+                             "check: each thread's cost should stay its single-thread cost)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp)
@@ -207,7 +226,13 @@ def main() -> None:
         subprocess.run([str(script), str(certs)], check=True, capture_output=True)
         for kind in ("qh3 pair", "qh3 server", "eg server"):
             best = min(run(kind, args.requests, certs) for _ in range(args.rounds))
-            print(f"{kind:12} {best:8.1f} µs/request")
+            line = f"{kind:12} {best:8.1f} µs/request"
+            if args.threads > 1:
+                each = min(max(concurrent(kind, args.requests, certs, args.threads))
+                            for _ in range(args.rounds))
+                line += (f"   {args.threads} threads at once: {each:8.1f} µs/request each "
+                         f"({each / best:.2f}x)")
+            print(line)
     print(f"GIL enabled: {sys._is_gil_enabled()}")
 
 
