@@ -9,12 +9,15 @@ framing errors with the connection error RFC 9114 names.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from qh3._hazmat import QpackEncoder
-from qh3.h3.connection import ErrorCode
+from qh3.h3.connection import ErrorCode, ProtocolError
 from qh3.h3.events import (
     DataReceived,
     H3Event,
@@ -282,3 +285,52 @@ def test_client_refuses_a_push(certs: Path) -> None:
     pair.pump()
     pair.write(pair.server, sid, bytes((0x5, 1, 0)), [], fin=False)
     assert connection_error(pair, "server") == ErrorCode.H3_ID_ERROR
+
+
+#: Frames a fuzzed stream is made of: valid ones, grease, forbidden ones, garbage.
+FRAMES = st.one_of(
+    st.just(block(REQUEST)),
+    st.just(block(TRAILERS)),
+    st.binary(max_size=40).map(data_frame),
+    st.binary(max_size=40).map(lambda b: frame_head(0x21, len(b)) + b),
+    st.sampled_from([bytes((0x4, 0)), bytes((0x5, 1, 0)), bytes((0x40, 0x40, 1, 0))]),
+    st.binary(min_size=1, max_size=12).map(lambda b: frame_head(1, len(b)) + b),  # bad QPACK
+    st.binary(max_size=12),  # anything
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_pair(certs: Path) -> Pair:
+    return Pair(certs, context())
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(FRAMES, max_size=6), cuts=st.lists(st.integers(0, 200), max_size=4),
+       fin=st.booleans())
+def test_any_bytes_give_events_or_a_protocol_error(fuzz_pair: Pair, side: str,
+                                                   frames: list[bytes], cuts: list[int],
+                                                   fin: bool) -> None:
+    """Whatever a peer writes on a request stream, in whatever pieces, the framing of
+    either side reports events or raises an HTTP/3 protocol error (a connection error):
+    nothing else escapes, and no state is left for a finished stream."""
+    h3 = getattr(fuzz_pair, side).h3
+    assert h3 is not None
+    sid = next(STREAM_IDS)
+    if side == "client":
+        h3.open_request(sid)  # what a client does as it sends its request
+    data = b"".join(frames)
+    points = sorted({c for c in cuts if c < len(data)})
+    pieces = [data[a:b] for a, b in itertools.pairwise([0, *points, len(data)])]
+    try:
+        for i, piece in enumerate(pieces):
+            h3._receive_request(sid, piece, fin and i == len(pieces) - 1)
+    except ProtocolError:
+        h3.forget_request(sid)
+    if fin:
+        assert sid not in h3._requests
+    h3.forget_request(sid)
+    assert h3._partial == 0
+
+
+STREAM_IDS = itertools.count(1 << 20, 4)

@@ -35,6 +35,7 @@ allowed, qh3's ``H3Connection`` frames request streams as well.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from qh3 import tls
@@ -442,7 +443,9 @@ class EgH3Connection(H3Connection):
             # Ended before its head: incomplete (RFC 9114 §4.1.2). A server answers
             # it; a client's exchange learns it as a reset.
             if not self._is_client:
-                self._quic.reset_stream(sid, _H3_REQUEST_INCOMPLETE)
+                # qh3 raises if the stream's sending side is already final: nothing to do.
+                with contextlib.suppress(QuicConnectionError, AssertionError, ValueError):
+                    self._quic.reset_stream(sid, _H3_REQUEST_INCOMPLETE)
             else:
                 events.append(StreamReset(stream_id=sid, error_code=_H3_REQUEST_INCOMPLETE))
             return
