@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from qh3.h3.connection import H3_ALPN, H3Connection
-from qh3.h3.events import DataReceived, HeadersReceived
+from qh3.h3.events import DataReceived, H3Event, HeadersReceived
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 from qh3.quic.events import HandshakeCompleted
@@ -69,14 +69,40 @@ class Clock:
         return self.now
 
 
-class Qh3Client:
+class Qh3End:
+    """One end on qh3's own classes; ``on_event`` sees its HTTP/3 events."""
+
+    quic: QuicConnection
+
+    def __init__(self, clock: Clock) -> None:
+        self.h3: H3Connection | None = None
+        self.clock = clock
+
+    def receive(self, datagrams: list[bytes]) -> None:
+        now = self.clock.tick()
+        for data in datagrams:
+            self.quic.receive_datagram(data, ADDR, now)
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self.h3 = H3Connection(self.quic)
+            elif self.h3 is not None:
+                for h3_event in self.h3.handle_event(event):
+                    self.on_event(self.h3, h3_event)
+
+    def on_event(self, h3: H3Connection, event: H3Event) -> None:
+        raise NotImplementedError
+
+    def transmit(self) -> list[bytes]:
+        return [d for d, _ in self.quic.datagrams_to_send(self.clock.tick())]
+
+
+class Qh3Client(Qh3End):
     def __init__(self, ca: str, clock: Clock) -> None:
+        super().__init__(clock)
         config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN,
                                    server_name="localhost")
         config.load_verify_locations(cafile=ca)
         self.quic = QuicConnection(configuration=config)
-        self.h3: H3Connection | None = None
-        self.clock = clock
         self.quic.connect(ADDR, clock.now)
         self.done = False
 
@@ -86,49 +112,25 @@ class Qh3Client:
         sid = self.quic.get_next_available_stream_id()
         self.h3.send_headers(sid, REQUEST, end_stream=True)
 
-    def receive(self, datagrams: list[bytes]) -> None:
-        now = self.clock.tick()
-        for data in datagrams:
-            self.quic.receive_datagram(data, ADDR, now)
-        while (event := self.quic.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted):
-                self.h3 = H3Connection(self.quic)
-            elif self.h3 is not None:
-                for h3_event in self.h3.handle_event(event):
-                    if isinstance(h3_event, DataReceived | HeadersReceived) and \
-                            h3_event.stream_ended:
-                        self.done = True
-
-    def transmit(self) -> list[bytes]:
-        return [d for d, _ in self.quic.datagrams_to_send(self.clock.tick())]
+    def on_event(self, h3: H3Connection, event: H3Event) -> None:
+        if isinstance(event, DataReceived | HeadersReceived) and event.stream_ended:
+            self.done = True
 
 
-class Qh3Server:
+class Qh3Server(Qh3End):
     """qh3's own server: answers every request head at once."""
 
     def __init__(self, config: QuicConfiguration, first: bytes, clock: Clock) -> None:
+        super().__init__(clock)
         info = parse_long_header(first)
         assert info is not None
         self.quic = QuicConnection(configuration=config,
                                    original_destination_connection_id=info.dcid)
-        self.h3: H3Connection | None = None
-        self.clock = clock
 
-    def receive(self, datagrams: list[bytes]) -> None:
-        now = self.clock.tick()
-        for data in datagrams:
-            self.quic.receive_datagram(data, ADDR, now)
-        while (event := self.quic.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted):
-                self.h3 = H3Connection(self.quic)
-            elif self.h3 is not None:
-                for h3_event in self.h3.handle_event(event):
-                    if isinstance(h3_event, HeadersReceived):
-                        self.h3.send_headers(h3_event.stream_id, RESPONSE)
-                        self.h3.send_data(h3_event.stream_id, BODY, end_stream=True)
-
-    def transmit(self) -> list[bytes]:
-        return [d for d, _ in self.quic.datagrams_to_send(self.clock.tick())]
+    def on_event(self, h3: H3Connection, event: H3Event) -> None:
+        if isinstance(event, HeadersReceived):
+            h3.send_headers(event.stream_id, RESPONSE)
+            h3.send_data(event.stream_id, BODY, end_stream=True)
 
 
 class EgServer:

@@ -112,6 +112,17 @@ class Pair:
                 return
         raise AssertionError("the pair does not settle")
 
+    def client_request(self) -> int:
+        """The client's EgH3Connection sends a GET; returns its stream id."""
+        h3 = self.client.h3
+        assert h3 is not None
+        sid = self.client.quic.get_next_available_stream_id()
+        h3.open_request(sid)
+        h3.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
+                              (b":authority", b"a"), (b":path", b"/")], end_stream=True)
+        self.pump()
+        return sid
+
     def write(self, sender: Side, sid: int, data: bytes, cuts: Iterable[int],
               *, fin: bool = True) -> None:
         """``data`` on stream ``sid`` in pieces cut at ``cuts``, one pump per piece."""
@@ -258,13 +269,7 @@ def test_stream_ended_before_its_head_is_incomplete(certs: Path) -> None:
 
 def test_client_sees_informational_then_final_head(certs: Path) -> None:
     pair = Pair(certs, context())
-    client_h3 = pair.client.h3
-    assert client_h3 is not None
-    sid = pair.client.quic.get_next_available_stream_id()
-    client_h3.open_request(sid)
-    client_h3.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
-                                 (b":authority", b"a"), (b":path", b"/")], end_stream=True)
-    pair.pump()
+    sid = pair.client_request()
     early = [(b":status", b"103"), (b"link", b"</a.css>")]
     final = [(b":status", b"200"), (b"content-length", b"2")]
     response = block(early, sid) + block(final, sid) + data_frame(b"ok")
@@ -276,13 +281,7 @@ def test_client_sees_informational_then_final_head(certs: Path) -> None:
 
 def test_client_refuses_a_push(certs: Path) -> None:
     pair = Pair(certs, context())
-    client_h3 = pair.client.h3
-    assert client_h3 is not None
-    sid = pair.client.quic.get_next_available_stream_id()
-    client_h3.open_request(sid)
-    client_h3.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"),
-                                 (b":authority", b"a"), (b":path", b"/")], end_stream=True)
-    pair.pump()
+    sid = pair.client_request()
     pair.write(pair.server, sid, bytes((0x5, 1, 0)), [], fin=False)
     assert connection_error(pair, "server") == ErrorCode.H3_ID_ERROR
 
