@@ -152,7 +152,7 @@ def _select_by_server_name(context: tls.Context, certificates: QuicCertificates)
         start = input_buf.tell()
         try:
             server_name = pull_client_hello(input_buf).server_name
-        except Exception:
+        except (ValueError, tls.Alert):  # qh3's own parse answers it with an alert
             server_name = None
         input_buf.seek(start)
         (context.certificate, context.certificate_chain,
@@ -344,11 +344,15 @@ class EgH3Connection(H3Connection):
 
     def _keep(self, rs: _RequestStream, rest: bytes, need: int) -> None:
         """Buffer an incomplete frame until ``need`` bytes are in."""
-        self._partial += len(rest)
-        if self._partial > self._max_encoded_field_section_size:
-            raise FieldSectionTooLarge("incomplete HEADERS frames over the allowance")
+        self._count_partial(len(rest))
         rs.buf = bytearray(rest)
         rs.need = need
+
+    def _count_partial(self, size: int) -> None:
+        """``size`` more bytes of incomplete frames buffered (the shared allowance)."""
+        self._partial += size
+        if self._partial > self._max_encoded_field_section_size:
+            raise FieldSectionTooLarge("incomplete HEADERS frames over the allowance")
 
     def _receive_request(self, sid: int, data: bytes, fin: bool) -> list[H3Event]:
         rs = self._requests.get(sid)
@@ -360,9 +364,7 @@ class EgH3Connection(H3Connection):
         buf = rs.buf
         if buf is not None:
             buf += data
-            self._partial += len(data)
-            if self._partial > self._max_encoded_field_section_size:
-                raise FieldSectionTooLarge("incomplete HEADERS frames over the allowance")
+            self._count_partial(len(data))
             if len(buf) < rs.need and not fin:
                 return []
             self._partial -= len(buf)

@@ -113,7 +113,7 @@ class H3ServerCodec(H3Codec):
             self._trailers(st, event, msgs)
             return
         if sid & 3 or sid <= self._highest:
-            return  # not a new client bidirectional stream (qh3 routes only those here)
+            return  # trailers of a stream already answered, or not a new request stream
         self._highest = sid
         reject = self._reject_from
         if reject is not None and sid >= reject:
