@@ -266,24 +266,33 @@ def test_many_concurrent_large_uploads_keep_rss_bounded(
     assert gw.metric("eg_unhandled_exceptions_total") == 0
 
 
+#: What loopback TCP may absorb between eg and a slowly reading origin, with margin: eg's
+#: send buffer autotunes up to net.ipv4.tcp_wmem's maximum (4 MiB here) and the origin's
+#: receive buffer grows with what it reads (about 5 MiB in all was measured with an
+#: origin reading 8 MiB/s). A 4 MiB upload could vanish into them without the stream
+#: ever pausing, which made an earlier version of these tests flaky.
+SOCKET_BUFFERS = 10 * MiB
+
+
 def test_origin_that_reads_slowly_holds_back_the_upload(
         origins: OriginProcess, certs: Path, start_gateway: StartGateway) -> None:
-    """8 MiB to an origin reading 2 MiB/s. qh3 grants stream credit as data arrives, so
+    """32 MiB to an origin reading 8 MiB/s. qh3 grants stream credit as data arrives, so
     eg holds what a paused stream delivers and stops processing the connection's
     datagrams while it holds too much: the uploader must go at the origin's pace."""
     gw = start_gateway(quic_config(origins.ports, certs, workers=1))
-    size = 8 * MiB
+    size, rate = 32 * MiB, 8 * MiB
     base = gw.rss()
-    started = time.monotonic()
     with RssSampler(gw) as rss, client(gw, certs) as c:
-        resp = c.request("POST", f"/upload-slow-read?rate={2 * MiB}",
-                         body=pattern_chunks(size), timeout=60.0)
-    took = time.monotonic() - started
+        started = time.monotonic()
+        sid = c.open("POST", f"/upload-slow-read?rate={rate}", body=pattern_chunks(size))
+        sent = time.monotonic() - started  # open() returns once the body is all sent
+        resp = c.wait(sid, timeout=60.0)
     assert resp.status == 200, resp
     assert resp.body.strip() == str(size).encode()
-    # Taken in at once, the upload would finish in well under a second; at the origin's
-    # pace it takes 4 s minus what the socket buffers and eg's hold (<= 4 MiB) absorb.
-    assert took > 2.5, took
+    # The client can only have sent the last byte once the origin had read all but what
+    # the socket buffers and eg's hold (stream_hold_limit, 4 MiB) keep in between.
+    floor = (size - SOCKET_BUFFERS - 4 * MiB) / rate
+    assert sent > floor * 0.8, (sent, floor)
     assert rss.peak - base < 16 * MiB, (base, rss.peak)
     assert gw.metric("eg_limit_hits_total", kind="h3_stream_buffer") == 0
 
@@ -296,8 +305,10 @@ def test_stream_holding_past_the_limit_is_reset_with_excessive_load(
     gw = start_gateway(quic_config(origins.ports, certs, workers=1,
                                    quic={"stream_hold_limit": 4096}))
     with client(gw, certs) as c:
-        sid = c.open("POST", "/upload-slow-read?rate=65536", body=pattern_chunks(4 * MiB))
-        resp = c.wait(sid, timeout=30.0)
+        # Past the socket buffers, so eg's side of the upstream fills and pauses the stream.
+        sid = c.open("POST", "/upload-slow-read?rate=65536",
+                     body=pattern_chunks(SOCKET_BUFFERS + 16 * MiB))
+        resp = c.wait(sid, timeout=60.0)
         assert H3_EXCESSIVE_LOAD in (resp.reset_code, resp.stop_sending_code), resp
         assert resp.status in (0, 502, 503), resp
         assert c.request("GET", "/").status == 200
