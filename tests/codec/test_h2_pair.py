@@ -203,8 +203,11 @@ def test_client_goaway() -> None:
     pair.respond(sid, body=b"fin")
     _, at_client = pair.pump()
     assert body_of(at_client) == b"fin"
-    assert pair.server.wants_close()
     assert pair.client.wants_close()
+    # The server waits for the client, which said it will close, to do so.
+    assert not pair.server.wants_close()
+    pair.server.feed_eof(0.0)
+    assert pair.server.wants_close()
 
 
 def test_eof_either_way() -> None:

@@ -23,7 +23,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from hyperframe.frame import ContinuationFrame, HeadersFrame, WindowUpdateFrame
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, WindowUpdateFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,6 +47,7 @@ from .test_h2_support import (
     body_of,
     context,
     data_of,
+    feed,
     merged,
     of_type,
     post,
@@ -815,7 +816,28 @@ def test_client_goaway_lets_streams_finish() -> None:
     assert not h.server.wants_close()
     h.server.send(ResponseHead(stream_id=sid, status=200, headers=[], end_stream=True))
     assert wire(h.server)
+    # The client said it will close the connection: wait for that, answering meanwhile.
+    assert not h.server.wants_close()
+    h.server.feed_eof(NOW)
     assert h.server.wants_close()
+
+
+def test_client_goaway_with_unknown_error_code_is_no_error_and_pings_are_answered() -> None:
+    """h2spec 7/1: GOAWAY with an undefined error code, then a PING (which may arrive in a
+    read of its own): no special behavior (RFC 9113 §7), and the PING is acknowledged."""
+    h = ServerHarness()
+    sid = h.request(GET)
+    h.to_server()
+    h.peer.close_connection(0xFF)
+    assert h.to_server() == []  # the stream in flight is not reset
+    assert not h.server.wants_close()
+    ping = PingFrame(0, opaque_data=b"h2spec\0\0")
+    assert feed(h.server, ping.serialize()) == []
+    ack = PingFrame(0, flags=["ACK"], opaque_data=b"h2spec\0\0").serialize()
+    assert ack in wire(h.server)
+    h.server.send(ResponseHead(stream_id=sid, status=200, headers=[], end_stream=True))
+    assert wire(h.server)
+    assert not h.server.wants_close()
 
 
 def test_client_goaway_with_error_resets_streams() -> None:

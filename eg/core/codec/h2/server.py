@@ -79,6 +79,18 @@ class H2ServerCodec(H2Codec):
         handlers[RequestReceived] = H2ServerCodec._on_request
         handlers[ConnectionTerminated] = H2ServerCodec._on_goaway
 
+    def wants_close(self) -> bool:
+        """Close once ``output()`` is written: after an error or EOF, or after our own
+        GOAWAY once no stream is left.
+
+        A client's GOAWAY (without an error) does not close the connection from here: the
+        client said it will close it, and frames it sends meanwhile (a PING) still get
+        their answer; were we to close first, bytes arriving after our close would make
+        the kernel reset the connection. The keep-alive timeout bounds a client that
+        does not close.
+        """
+        return self._closed or (self._goaway_sent and not self._streams)
+
     # -- input ---------------------------------------------------------------------------
 
     def _on_request(self, event: RequestReceived, msgs: list[Message], now: float) -> None:
@@ -113,10 +125,14 @@ class H2ServerCodec(H2Codec):
         msgs.append(head)
 
     def _on_goaway(self, event: ConnectionTerminated, msgs: list[Message], now: float) -> None:
-        """The client will open no more streams; with an error code it is going away."""
+        """The client will open no more streams; with an error code it is going away.
+
+        An error code HTTP/2 does not define is no error (RFC 9113 §7: unknown codes
+        MUST NOT trigger special behavior)."""
         self._goaway_received = event.last_stream_id or 0
-        if event.error_code:
-            code = reset_code(event.error_code)
+        error = event.error_code or 0
+        if 0 < error <= ErrorCodes.HTTP_1_1_REQUIRED:  # the last code defined
+            code = reset_code(error)
             msgs.extend(
                 Reset(stream_id=sid, code=code, side=Side.DOWNSTREAM) for sid in self._streams
             )
